@@ -1,0 +1,13 @@
+"""Bundled plugin: search strategies."""
+
+from __future__ import annotations
+
+from rstar import hookimpl
+from rstar.registry import RegisterFn
+
+
+@hookimpl
+def register_search_strategies(register: RegisterFn) -> None:
+    register("greedy", "rstar_search.sampling:Greedy", description="one solution at temperature 0")
+    register("best_of_n", "rstar_search.sampling:BestOfN",
+             description="N full solutions; majority vote, or best reward-model score")

@@ -1,0 +1,205 @@
+"""Independent-sample strategies: ``greedy`` and ``best_of_n``.
+
+Each solution is a chain of steps grown one policy call at a time (a code step, its execution, the
+next step, ... the answer). The N chains of one problem hang off the root of one tree: the k-th
+chain's first step is node ``0.k``, its next step ``0.k.1``, and so on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field
+
+from rstar.config import Options
+from rstar.engine import SearchContext
+from rstar.steps import STOPS_BLOCK
+from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Tree
+from rstar_search.expand import StepResult, make_steps
+
+
+class SamplingOptions(Options):
+    temperature: float = Field(0.7, ge=0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0, le=1)
+    vote: Literal["majority", "reward", "weighted"] = Field(
+        "majority", description="majority vote, best reward-model score, or reward-weighted vote"
+    )
+    granularity: Literal["step", "block"] = Field(
+        "step", description="one policy call per step, or per code block (then one for the answer)"
+    )
+    errors_threshold: int = Field(1, ge=1, description="consecutive erroring steps that end a solution")
+    code_timeout_s: float = Field(10.0, gt=0, description="time limit of one step's program")
+
+
+class GreedyOptions(SamplingOptions):
+    temperature: float = Field(0.0, ge=0)
+
+
+@dataclass
+class _Chain:
+    """One solution being grown."""
+
+    index: int
+    steps: list[StepResult] = field(default_factory=list)
+    node_ids: list[str] = field(default_factory=list)
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.steps]
+
+    @property
+    def done(self) -> bool:
+        return bool(self.steps) and self.steps[-1].terminal
+
+    @property
+    def answer(self) -> str | None:
+        return self.steps[-1].final_answer if self.steps and self.steps[-1].is_valid_answer else None
+
+
+class BestOfN:
+    """N independent solutions (N = ``budget.samples``); the answer by vote or by reward."""
+
+    Options = SamplingOptions
+    name = "best_of_n"
+
+    def __init__(self, options: SamplingOptions) -> None:
+        self.options = options
+
+    def num_samples(self, ctx: SearchContext) -> int:
+        return ctx.budget.samples
+
+    async def search(self, problem: Problem, ctx: SearchContext) -> Tree:
+        opts = self.options
+        fmt = ctx.step_format
+        stops = STOPS_BLOCK if opts.granularity == "block" else fmt.stops
+        n = self.num_samples(ctx)
+        chains = [_Chain(k + 1) for k in range(n)]
+
+        while live := [c for c in chains if not c.done and len(c.steps) <= ctx.budget.max_depth]:
+            def request(chain: _Chain, count: int = 1) -> GenerationRequest:
+                return GenerationRequest(
+                    prompt=fmt.render_prompt(problem.question, "".join(chain.texts)),
+                    n=count,
+                    max_tokens=ctx.budget.max_step_tokens,
+                    temperature=opts.temperature,
+                    top_p=opts.top_p,
+                    stop=stops,
+                )
+
+            if all(not c.steps for c in live):
+                # The first step of every chain shares one prompt: one request with n samples.
+                results = await ctx.generate([request(live[0], len(live))])
+                samples = list(results[0].samples)
+            else:
+                results = await ctx.generate([request(c) for c in live])
+                samples = [r.samples[0] for r in results]
+            parents = [(c.texts, len(c.steps), c.steps[-1].consecutive_errors if c.steps else 0) for c in live]
+            new_steps = await make_steps(
+                ctx, parents, samples, errors_threshold=opts.errors_threshold, timeout_s=opts.code_timeout_s
+            )
+            for chain, step in zip(live, new_steps, strict=True):
+                parent_id = chain.node_ids[-1] if chain.node_ids else "0"
+                chain.node_ids.append(f"{parent_id}.{chain.index}" if parent_id == "0" else f"{parent_id}.1")
+                chain.steps.append(step)
+
+        scores = await self._scores(problem, ctx, chains)
+        prediction = await self._choose(ctx, chains, scores)
+        return await _tree(problem, ctx, self.name, chains, scores, prediction)
+
+    async def _scores(self, problem: Problem, ctx: SearchContext, chains: list[_Chain]) -> dict[int, float]:
+        if self.options.vote == "majority" or not ctx.has_reward_model:
+            return {}
+        answered = [c for c in chains if c.answer is not None]
+        prompt = ctx.step_format.render_prompt(problem.question)
+        values = await ctx.score([RewardRequest(prompt, "".join(c.texts)) for c in answered])
+        return {c.index: v for c, v in zip(answered, values, strict=True)}
+
+    async def _choose(self, ctx: SearchContext, chains: list[_Chain], scores: dict[int, float]) -> str | None:
+        answered = [c for c in chains if c.answer is not None]
+        if not answered:
+            return None
+        if self.options.vote == "reward" and scores:
+            return max(answered, key=lambda c: scores[c.index]).answer
+        groups = await equivalence_groups(ctx, [c.answer for c in answered if c.answer is not None])
+        weight = (lambda i: scores[answered[i].index]) if self.options.vote == "weighted" and scores else (lambda i: 1.0)
+        best = max(groups, key=lambda g: sum(weight(i) for i in g))
+        return answered[best[0]].answer
+
+
+class Greedy(BestOfN):
+    """One solution at temperature 0."""
+
+    Options = GreedyOptions
+    name = "greedy"
+
+    def num_samples(self, ctx: SearchContext) -> int:
+        return 1
+
+
+async def equivalence_groups(ctx: SearchContext, answers: list[str]) -> list[list[int]]:
+    """Group answer indices by equivalence (exact text first, then the answer checker), in order of
+    first appearance, so ties go to the answer seen first."""
+    by_text: dict[str, list[int]] = {}
+    for i, a in enumerate(answers):
+        by_text.setdefault(a.strip(), []).append(i)
+    reps = list(by_text)
+    pairs = [(reps[i], reps[j]) for i in range(len(reps)) for j in range(i)]
+    same = await ctx.check(list(pairs)) if pairs else []
+    parent = list(range(len(reps)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    k = 0
+    for i in range(len(reps)):
+        for j in range(i):
+            if same[k]:
+                parent[find(i)] = find(j)
+            k += 1
+    groups: dict[int, list[int]] = {}
+    for r, text in enumerate(reps):
+        groups.setdefault(find(r), []).extend(by_text[text])
+    return [sorted(g) for g in groups.values()]
+
+
+async def _tree(
+    problem: Problem, ctx: SearchContext, strategy: str, chains: list[_Chain], scores: dict[int, float], prediction: str | None
+) -> Tree:
+    answered = [c for c in chains if c.answer is not None]
+    checks = await ctx.check([(c.answer, problem.answer) for c in answered if c.answer is not None])
+    correct_of = {c.index: ok for c, ok in zip(answered, checks, strict=True)}
+    correct = None
+    if problem.answer is not None:
+        correct = False if prediction is None else (await ctx.check([(prediction, problem.answer)]))[0]
+    nodes = [Node(id="0", parent=None, depth=0, text="", visits=len(chains))]
+    for chain in chains:
+        for depth, (node_id, step) in enumerate(zip(chain.node_ids, chain.steps, strict=True), start=1):
+            last = depth == len(chain.steps)
+            nodes.append(
+                Node(
+                    id=node_id,
+                    parent=node_id.rsplit(".", 1)[0],
+                    depth=depth,
+                    text=step.text,
+                    output=step.output,
+                    visits=1,
+                    q_value=scores.get(chain.index, 0.0) if last else 0.0,
+                    value=scores.get(chain.index) if last else None,
+                    terminal=step.terminal,
+                    final_answer=step.final_answer,
+                    correct=correct_of.get(chain.index) if last and step.is_valid_answer else None,
+                )
+            )
+    return Tree(
+        id=problem.id,
+        question=problem.question,
+        answer=problem.answer,
+        strategy=strategy,
+        prediction=prediction,
+        correct=correct,
+        usage=ctx.usage,
+        nodes=tuple(nodes),
+    )

@@ -1,0 +1,238 @@
+"""The ``rstar`` command. Plugins add sub-commands through the ``register_commands`` hook.
+
+Errors caused by input (:class:`rstar.errors.RstarError`) are printed as one message with a
+non-zero exit code; set ``RSTAR_DEBUG=1`` to see their traceback too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from rstar import __version__
+from rstar.errors import RstarError
+
+console = Console(stderr=True)
+out = Console()
+
+OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE | ~KEY]...")
+
+
+class RstarGroup(click.Group):
+    """The top-level group: built-in commands plus plugin commands, imported only when used."""
+
+    def _plugin_commands(self) -> dict[str, Any]:
+        from rstar.registry import get_registry
+
+        registry = get_registry()
+        return {name: registry.get("command", name) for name in registry.names("command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugin_commands()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        registration = self._plugin_commands().get(cmd_name)
+        return registration.load() if registration is not None else None
+
+
+@click.group(cls=RstarGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rstar")
+def cli() -> None:
+    """rstar: rStar-Math as a plugin framework.
+
+    Recipes are YAML files; KEY=VALUE arguments override their keys (a.b.c=VALUE for nested keys,
+    ~KEY to delete one).
+    """
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _load(recipe: str, overrides: Sequence[str]) -> dict[str, Any]:
+    from rstar.config import load_recipe
+
+    return load_recipe(recipe, overrides)
+
+
+def _runner(recipe: str, overrides: Sequence[str]) -> Any:
+    from rstar.plugins import get_plugin_manager
+    from rstar.registry import get_registry
+    from rstar.runner import Runner
+
+    data = _load(recipe, overrides)
+    return Runner(data, get_registry(), get_plugin_manager(), source=recipe, progress=_Progress())
+
+
+class _Progress:
+    """Shows a run's progress with rich: a bar per search stage with the accuracy so far."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+        self.correct = 0
+        self.seen = 0
+
+    def __call__(self, event: str, payload: dict[str, Any]) -> None:
+        if event == "loading":
+            console.print(f"[dim]loading {payload['what']}...[/]")
+        elif event == "stage_skipped":
+            console.print(f"[dim]{payload['folder']}: already done, skipped[/]")
+        elif event == "search_start":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import TimeRemainingColumn
+
+            self.correct = self.seen = 0
+            if payload["done"]:
+                console.print(f"[dim]resuming: {payload['done']} of {payload['total']} problems already searched[/]")
+            self.bar = Progress(
+                TextColumn("[bold]search[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[acc]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("search", total=payload["total"], completed=payload["done"], acc="")
+        elif event == "tree" and self.bar is not None:
+            tree = payload["tree"]
+            self.seen += tree.correct is not None
+            self.correct += bool(tree.correct)
+            acc = f"acc {self.correct / self.seen:.0%}" if self.seen else ""
+            self.bar.update(self.task, advance=1, acc=acc)
+        elif event == "engine_stats" and self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _summary_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
+    table = Table(title="search results")
+    for col in ("stage", "strategy", "problems", "accuracy", "answered", "tokens", "policy calls", "seconds"):
+        table.add_column(col, justify="right" if col not in ("stage", "strategy") else "left")
+    for name, s in rows:
+        acc = "n/a" if s.get("accuracy") is None else f"{s['accuracy']:.1%}"
+        table.add_row(
+            name, str(s.get("strategy", "")), str(s.get("problems", "")), acc, str(s.get("answered", "")),
+            str(s.get("generated_tokens", "")), str(s.get("policy_calls", "")), str(s.get("seconds", "")),
+        )
+    return table
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@OVERRIDES
+def run(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Run a recipe: all rounds and stages, resumable (re-run the same command to continue)."""
+    runner = _runner(recipe, overrides)
+    try:
+        results = runner.run()
+    finally:
+        runner.progress.close()
+    out.print(_summary_table([(f"round {r.round} {r.name}", r.summary) for r in results]))
+    out.print(f"run folder: {runner.output_dir}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@OVERRIDES
+def search(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Search every problem of the recipe's dataset once; write trees.jsonl and print accuracy."""
+    runner = _runner(recipe, overrides)
+    try:
+        result = runner.search()
+    finally:
+        runner.progress.close()
+    s = result.summary
+    out.print(_summary_table([("search", s)]))
+    if s.get("seconds") and s.get("generated_tokens"):
+        out.print(f"generated {s['generated_tokens']} tokens in {s['seconds']} s")
+    out.print(f"trees: {runner.output_dir / 'search' / 'trees.jsonl'}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@OVERRIDES
+def validate(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Check a recipe and every component's options; print every problem found."""
+    from rstar.config import check_recipe
+    from rstar.errors import ConfigError
+    from rstar.registry import get_registry
+
+    data = _load(recipe, overrides)
+    problems = check_recipe(data, get_registry())
+    if problems:
+        raise ConfigError(problems, source=recipe)
+    out.print(f"[green]ok[/]: {recipe} is valid")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def plugins(as_json: bool) -> None:
+    """List installed plugins and the components each registers."""
+    from rstar.plugins import get_plugin_manager, plugin_versions
+    from rstar.registry import get_registry
+
+    versions = plugin_versions(get_plugin_manager())
+    listing: dict[str, dict[str, Any]] = {
+        name: {**info, "components": {}} for name, info in sorted(versions.items())
+    }
+    for reg in get_registry().all():
+        entry = listing.setdefault(reg.plugin, {"distribution": None, "version": None, "components": {}})
+        entry["components"].setdefault(reg.kind, []).append(
+            {"name": reg.name, "description": reg.description} if as_json else reg.name
+        )
+    if as_json:
+        out.print_json(json.dumps([{"name": k, **v} for k, v in listing.items()]))
+        return
+    table = Table(title="rstar plugins")
+    table.add_column("plugin")
+    table.add_column("package")
+    table.add_column("components")
+    for name, info in listing.items():
+        package = f"{info['distribution']} {info['version']}" if info["distribution"] else "-"
+        comps = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(info["components"].items()))
+        table.add_row(name, package, comps or "-")
+    out.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``rstar`` command."""
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="rstar", standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except RstarError as exc:
+        if os.environ.get("RSTAR_DEBUG"):
+            console.print_exception()
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; re-run the same command to resume")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The batching engine (ARCHITECTURE.md section 4): strategies stay simple, the engine batches.
+
+Each problem's search is one coroutine written as plain sequential code. When it awaits the
+policy, the verifier, the answer checker or the reward model, its request joins that component's
+queue. A queue is handed to its component as one batch when **every live search is waiting** (none
+can add more) or when the queue holds ``max_batch`` requests. So an offline engine sees one large
+batch per "round" of requests from all problems at once, with no barrier between trees of
+different depths.
+
+Results never depend on batching: each problem's randomness comes from a seed derived from
+``(run seed, problem id)``, and every policy request carries its own seed drawn from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
+
+from rstar.errors import RstarError
+from rstar.interfaces import AnswerChecker, PolicyBackend, RewardModel, SearchStrategy, StepVerifier
+from rstar.steps import StepFormat
+from rstar.types import (
+    Budget,
+    CodeJob,
+    GenerationRequest,
+    GenerationResult,
+    Problem,
+    Reference,
+    RewardRequest,
+    Tree,
+    Usage,
+    Verdict,
+)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+def problem_seed(run_seed: int, problem_id: str) -> int:
+    """A problem's seed: a stable hash of the run seed and the problem id (not Python's ``hash``)."""
+    digest = hashlib.sha256(f"{run_seed}:{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass
+class _Ticket(Generic[Out]):
+    """One ``submit`` call: its future resolves when all of its items have results."""
+
+    future: asyncio.Future[list[Out]]
+    results: list[Any]
+    remaining: int
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    items: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+    @property
+    def mean_batch(self) -> float:
+        return self.items / self.batches if self.batches else 0.0
+
+
+class Batcher(Generic[In, Out]):
+    """Gathers the items submitted by many searches and calls ``fn`` with them in batches."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        fn: Callable[[list[In]], Awaitable[list[Out]]],
+        max_batch: int,
+        max_concurrent: int | None = 1,
+    ) -> None:
+        self.engine = engine
+        self.name = name
+        self.fn = fn
+        self.max_batch = max_batch
+        self.max_concurrent = max_concurrent
+        self.pending: deque[tuple[In, _Ticket[Out], int]] = deque()
+        self.in_flight = 0
+        self.stats = BatcherStats()
+
+    async def submit(self, items: Sequence[In]) -> list[Out]:
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        ticket: _Ticket[Out] = _Ticket(loop.create_future(), [None] * len(items), len(items))
+        for i, item in enumerate(items):
+            self.pending.append((item, ticket, i))
+        self.engine._blocked += 1
+        self.engine._maybe_flush()
+        return await ticket.future
+
+    def _can_start(self) -> bool:
+        return bool(self.pending) and (self.max_concurrent is None or self.in_flight < self.max_concurrent)
+
+    def _flush(self, only_full: bool) -> None:
+        while self._can_start() and (not only_full or len(self.pending) >= self.max_batch):
+            chunk = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
+            self.in_flight += 1
+            self.engine._tasks.add(asyncio.ensure_future(self._run(chunk)))
+
+    async def _run(self, chunk: list[tuple[In, _Ticket[Out], int]]) -> None:
+        self.stats.batches += 1
+        self.stats.items += len(chunk)
+        self.stats.sizes.append(len(chunk))
+        try:
+            results = await self.fn([item for item, _, _ in chunk])
+            if len(results) != len(chunk):
+                raise RstarError(f"{self.name} returned {len(results)} results for a batch of {len(chunk)}")
+        except BaseException as exc:
+            for _, ticket, _ in chunk:
+                if not ticket.future.done():
+                    ticket.future.set_exception(exc)
+                    self.engine._blocked -= 1
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, ticket, i), result in zip(chunk, results, strict=True):
+                ticket.results[i] = result
+                ticket.remaining -= 1
+                if ticket.remaining == 0 and not ticket.future.done():
+                    ticket.future.set_result(ticket.results)
+                    self.engine._blocked -= 1
+        finally:
+            self.in_flight -= 1
+            self.engine._maybe_flush()
+
+
+@dataclass
+class Components:
+    """The components a search uses."""
+
+    policy: PolicyBackend
+    verifier: StepVerifier
+    checker: AnswerChecker
+    reward_model: RewardModel | None = None
+
+
+class Engine:
+    """Runs many searches concurrently and batches their component calls."""
+
+    def __init__(
+        self,
+        components: Components,
+        *,
+        max_in_flight: int = 64,
+        max_batch: int = 256,
+        seed: int = 0,
+    ) -> None:
+        self.components = components
+        self.max_in_flight = max_in_flight
+        self.seed = seed
+        self._live = 0
+        self._blocked = 0
+        self._tasks: set[asyncio.Future[Any]] = set()
+        c = components
+        self.policy: Batcher[GenerationRequest, GenerationResult] = Batcher(self, "policy", c.policy.generate, max_batch)
+        self.verifier: Batcher[CodeJob, Verdict] = Batcher(self, "verifier", c.verifier.run, max_batch, None)
+        self.checker: Batcher[tuple[str, Reference], bool] = Batcher(self, "answer checker", c.checker.check, max_batch, None)
+        self.reward: Batcher[RewardRequest, float] | None = (
+            Batcher(self, "reward model", c.reward_model.score, max_batch) if c.reward_model is not None else None
+        )
+
+    @property
+    def batchers(self) -> list[Batcher[Any, Any]]:
+        return [b for b in (self.policy, self.verifier, self.checker, self.reward) if b is not None]
+
+    def _maybe_flush(self) -> None:
+        everyone_waits = self._blocked >= self._live
+        for batcher in self.batchers:
+            batcher._flush(only_full=not everyone_waits)
+
+    async def run(
+        self,
+        problems: Iterable[Problem],
+        strategy: SearchStrategy,
+        step_format: StepFormat,
+        budget: Budget,
+        on_tree: Callable[[Tree], Any] | None = None,
+    ) -> list[Tree]:
+        """Search every problem, ``max_in_flight`` at a time; ``on_tree`` sees each tree as it finishes.
+
+        Returns the trees in the order the problems were given. The first exception raised by a
+        search or a component stops the run and is re-raised.
+        """
+        queue = list(problems)
+        trees: dict[int, Tree] = {}
+        next_index = 0
+
+        async def worker() -> None:
+            nonlocal next_index
+            try:
+                while next_index < len(queue):
+                    index = next_index
+                    next_index += 1
+                    problem = queue[index]
+                    tree = await strategy.search(problem, SearchContext(self, problem, step_format, budget))
+                    trees[index] = tree
+                    if on_tree is not None:
+                        on_tree(tree)
+            finally:
+                self._live -= 1
+                self._maybe_flush()
+
+        # A worker counts as live from the start, so that the first requests wait for the others.
+        n_workers = min(self.max_in_flight, len(queue))
+        self._live += n_workers
+        workers = [asyncio.ensure_future(worker()) for _ in range(n_workers)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            for task in list(self._tasks):
+                if not task.done():
+                    task.cancel()
+        return [trees[i] for i in range(len(queue))]
+
+
+class SearchContext:
+    """What a strategy gets for one problem: batched component calls, the step format, the budget,
+    seeded randomness, and usage accounting in the units every strategy reports."""
+
+    def __init__(self, engine: Engine, problem: Problem, step_format: StepFormat, budget: Budget) -> None:
+        self._engine = engine
+        self.problem = problem
+        self.step_format = step_format
+        self.budget = budget
+        self.seed = problem_seed(engine.seed, problem.id)
+        self.rng = random.Random(self.seed)
+        self._usage = Usage()
+        self._started = time.perf_counter()
+
+    @property
+    def has_reward_model(self) -> bool:
+        return self._engine.reward is not None
+
+    @property
+    def usage(self) -> Usage:
+        """What this search has spent so far, wall time included."""
+        return Usage(**{**self._usage.to_dict(), "wall_time_s": round(time.perf_counter() - self._started, 4)})
+
+    def _spend(self, **amounts: int) -> None:
+        self._usage = self._usage + Usage(**amounts)
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Sample from the policy. Requests without a seed get one from this problem's generator."""
+        seeded = [r if r.seed is not None else _with_seed(r, self.rng.randrange(2**31)) for r in requests]
+        results = await self._engine.policy.submit(seeded)
+        self._spend(
+            policy_calls=len(seeded),
+            generated_tokens=sum(s.num_tokens for res in results for s in res.samples),
+            prompt_tokens=sum(res.prompt_tokens for res in results),
+        )
+        return results
+
+    async def execute(self, jobs: Sequence[CodeJob]) -> list[Verdict]:
+        """Run programs in the verifier."""
+        verdicts = await self._engine.verifier.submit(jobs)
+        self._spend(verifier_jobs=len(jobs))
+        return verdicts
+
+    async def check(self, pairs: Sequence[tuple[str, Reference]]) -> list[bool]:
+        """Decide answer equivalence with the answer checker (not counted as spent compute)."""
+        return await self._engine.checker.submit(pairs)
+
+    async def score(self, items: Sequence[RewardRequest]) -> list[float]:
+        """Score partial solutions with the reward model; an error if the recipe has none."""
+        if self._engine.reward is None:
+            raise RstarError("this search strategy needs a reward model: set 'reward_model' in the recipe")
+        scores = await self._engine.reward.submit(items)
+        self._spend(reward_calls=len(items))
+        return scores
+
+
+def _with_seed(request: GenerationRequest, seed: int) -> GenerationRequest:
+    return replace(request, seed=seed)

@@ -1,0 +1,133 @@
+"""Every hook of rstar. Plugins implement them with ``@rstar.hookimpl``.
+
+There are two families:
+
+* **Registration hooks** are called once, when the component registry is built. Each receives a
+  ``register(name, factory, description="")`` callback. ``factory`` is a class or callable taking the
+  component's validated options, or a lazy ``"module:attr"`` string that is imported only when a
+  recipe uses the component, so that listing plugins imports nothing heavy. A factory may carry an
+  ``Options`` attribute: a pydantic model (see :class:`rstar.config.Options`) that validates the
+  component's keys in a recipe.
+* **Lifecycle hooks** observe a run; they never do per-node work and their return values are ignored.
+
+Hooks discover and observe. Work on nodes goes through the components' batch methods.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from rstar.registry import RegisterFn
+    from rstar.runner import RunInfo
+    from rstar.types import Tree
+
+hookspec = pluggy.HookspecMarker("rstar")
+
+
+@hookspec
+def register_policies(register: RegisterFn) -> None:
+    """Register policy backends (:class:`rstar.interfaces.PolicyBackend`).
+
+    Called once when the registry is built. Recipes use a policy as ``policy: {name: NAME, ...}``.
+
+    Example::
+
+        @rstar.hookimpl
+        def register_policies(register):
+            register("my_engine", "my_plugin.engine:MyEngine", description="my serving engine")
+    """
+
+
+@hookspec
+def register_verifiers(register: RegisterFn) -> None:
+    """Register step verifiers (:class:`rstar.interfaces.StepVerifier`): sandboxes that run step code.
+
+    Called once when the registry is built. Recipes use one as ``verifier: {name: NAME, ...}`` and
+    ``rstar sandbox exec --verifier NAME`` runs files through it.
+    """
+
+
+@hookspec
+def register_reward_models(register: RegisterFn) -> None:
+    """Register reward models (:class:`rstar.interfaces.RewardModel`) that score partial solutions.
+
+    Called once when the registry is built. Recipes use one as ``reward_model: {name: NAME, ...}``.
+    """
+
+
+@hookspec
+def register_search_strategies(register: RegisterFn) -> None:
+    """Register search strategies (:class:`rstar.interfaces.SearchStrategy`).
+
+    Called once when the registry is built. Recipes use one as ``search: {name: NAME, ...}``; the
+    strategy's options model validates the other keys.
+    """
+
+
+@hookspec
+def register_trainers(register: RegisterFn) -> None:
+    """Register trainers (:class:`rstar.interfaces.Trainer`) such as SFT and PPM training.
+
+    Called once when the registry is built. Recipes use one as ``train_sft: {name: NAME, ...}`` or
+    ``train_ppm: {name: NAME, ...}``.
+    """
+
+
+@hookspec
+def register_answer_checkers(register: RegisterFn) -> None:
+    """Register answer checkers (:class:`rstar.interfaces.AnswerChecker`) deciding answer equivalence.
+
+    Called once when the registry is built. Recipes use one as ``answer_checker: {name: NAME, ...}``.
+    """
+
+
+@hookspec
+def register_datasets(register: RegisterFn) -> None:
+    """Register dataset loaders (:class:`rstar.interfaces.Dataset`) that yield problems.
+
+    Called once when the registry is built. Recipes use one as ``dataset: {name: NAME, ...}``.
+    """
+
+
+@hookspec
+def register_commands(register: RegisterFn) -> None:
+    """Register extra ``rstar`` sub-commands.
+
+    Called when the command line starts. ``factory`` is a ``click.Command`` or a lazy
+    ``"module:attr"`` string naming one; it is imported only when that command runs (or its help is
+    shown), so ``rstar --help`` stays fast.
+    """
+
+
+@hookspec
+def run_start(run: RunInfo) -> None:
+    """Called when ``rstar run`` or ``rstar search`` starts, after the run folder and its resolved
+    config are written and before the first stage. ``run.output_dir`` is the run folder."""
+
+
+@hookspec
+def stage_end(run: RunInfo, round: int, stage: str, summary: dict[str, object]) -> None:
+    """Called after a stage of round ``round`` (1-based) finishes and is marked done, with the
+    stage's summary (for a search: accuracy, tokens, time). Not called for stages skipped as done."""
+
+
+@hookspec
+def round_end(run: RunInfo, round: int, summary: dict[str, dict[str, object]]) -> None:
+    """Called after every stage of round ``round`` (1-based) is done; ``summary`` maps each stage to
+    its summary."""
+
+
+@hookspec
+def tree_done(run: RunInfo, tree: Tree) -> None:
+    """Called for each problem's finished search tree, right after it is appended to ``trees.jsonl``.
+
+    Runs on the event loop of the search: keep it quick (log, count, forward), never block."""
+
+
+@hookspec
+def run_end(run: RunInfo, summary: dict[str, object]) -> None:
+    """Called once when a run ends, successfully or not. ``summary["status"]`` is ``"ok"`` or
+    ``"failed"``; on failure ``summary["error"]`` holds the error message."""

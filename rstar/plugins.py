@@ -1,0 +1,71 @@
+"""The plugin manager: bundled and third-party plugins, all loaded from the ``rstar`` entry-point group.
+
+Environment switches:
+
+* ``RSTAR_BLOCK_PLUGINS=name1,name2`` — do not load these plugins (entry-point names, as listed by
+  ``rstar plugins``).
+* ``RSTAR_TRACE_PLUGINS=1`` — print every hook call and its result to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+import pluggy
+
+from rstar import hookspecs
+
+BLOCK_ENV = "RSTAR_BLOCK_PLUGINS"
+TRACE_ENV = "RSTAR_TRACE_PLUGINS"
+ENTRY_POINT_GROUP = "rstar"
+
+
+def blocked_plugins() -> list[str]:
+    return [name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",") if name.strip()]
+
+
+def make_plugin_manager(
+    extra_plugins: Iterable[tuple[str, object]] = (), *, entry_points: bool = True
+) -> pluggy.PluginManager:
+    """A fresh plugin manager with the entry-point plugins (unless blocked) and ``extra_plugins``.
+
+    ``extra_plugins`` are ``(name, module_or_object)`` pairs, registered after the entry points;
+    tests use them to add a plugin without installing a package.
+    """
+    pm = pluggy.PluginManager("rstar")
+    pm.add_hookspecs(hookspecs)
+    for name in blocked_plugins():
+        pm.set_blocked(name)
+    if entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for name, plugin in extra_plugins:
+        if not pm.is_blocked(name):
+            pm.register(plugin, name=name)
+    if os.environ.get(TRACE_ENV, "").strip() not in ("", "0", "false"):
+        pm.trace.root.setwriter(sys.stderr.write)
+        pm.enable_tracing()
+    pm.check_pending()
+    return pm
+
+
+@lru_cache(maxsize=1)
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (built once)."""
+    return make_plugin_manager()
+
+
+def plugin_versions(pm: pluggy.PluginManager) -> dict[str, dict[str, Any]]:
+    """``{plugin name: {"distribution": ..., "version": ...}}`` for every loaded plugin."""
+    out: dict[str, dict[str, Any]] = {}
+    for plugin, dist in pm.list_plugin_distinfo():
+        name = pm.get_name(plugin)
+        if name is not None:
+            out[name] = {"distribution": dist.project_name, "version": dist.version}
+    for name, _plugin in pm.list_name_plugin():
+        if name is not None and name not in out:
+            out[name] = {"distribution": None, "version": None}
+    return out

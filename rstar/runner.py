@@ -1,0 +1,251 @@
+"""Runs a recipe's rounds and stages into a run folder, resumably (ARCHITECTURE.md section 6).
+
+Run folder layout::
+
+    <output_dir>/
+      config.yaml               the resolved recipe (overrides applied, interpolations resolved)
+      plugins.json              every loaded plugin with its distribution and version
+      round_<k>/<stage>/        one folder per stage of each round (``rstar search``: ``search/``)
+        trees.jsonl             search: one tree per line, appended as each problem finishes
+        summary.json            the stage's summary, written when it finishes
+        DONE                    marker: the stage finished; a re-run skips it
+
+A re-run of the same command skips finished stages and, inside a search stage, problems whose tree
+is already in ``trees.jsonl``; a line cut short by a crash is dropped and that problem searched
+again. So a crash loses at most the problems in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import yaml
+
+from rstar.config import RecipeOptions, num_rounds, round_config, validated_recipe
+from rstar.engine import Components, Engine
+from rstar.errors import ConfigError, RstarError
+from rstar.plugins import plugin_versions
+from rstar.registry import Registry
+from rstar.steps import StepFormat
+from rstar.types import Budget, Problem, Tree
+
+DONE = "DONE"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What lifecycle hooks learn about a run."""
+
+    output_dir: Path
+    recipe: Mapping[str, Any]
+    source: str | None = None
+
+
+@dataclass
+class StageResult:
+    name: str
+    round: int
+    summary: dict[str, Any]
+    skipped: bool = False
+
+
+@dataclass
+class Runner:
+    """Runs one recipe. ``progress`` receives ``(event, payload)`` for display (see :mod:`rstar.cli`)."""
+
+    recipe: dict[str, Any]
+    registry: Registry
+    pm: pluggy.PluginManager
+    source: str | None = None
+    progress: Callable[[str, dict[str, Any]], None] = field(default=lambda event, payload: None)
+
+    def __post_init__(self) -> None:
+        self.options: RecipeOptions = validated_recipe(self.recipe, self.registry, self.source)
+        self.output_dir = Path(self.options.output_dir)
+        self.info = RunInfo(self.output_dir, self.recipe, self.source)
+
+    # --- the run --------------------------------------------------------------------------------
+
+    def run(self) -> list[StageResult]:
+        """All rounds and stages of the recipe."""
+        return self._guarded(self._run_rounds)
+
+    def search(self) -> StageResult:
+        """A single search stage into ``<output_dir>/search`` (the ``rstar search`` command)."""
+        return self._guarded(lambda: self._stage("search", 0, self.recipe, self.output_dir / "search"))
+
+    def _guarded(self, body: Callable[[], Any]) -> Any:
+        self._prepare_folder()
+        self.pm.hook.run_start(run=self.info)
+        try:
+            result = body()
+        except BaseException as exc:
+            self.pm.hook.run_end(run=self.info, summary={"status": "failed", "error": str(exc)})
+            raise
+        self.pm.hook.run_end(run=self.info, summary={"status": "ok"})
+        return result
+
+    def _run_rounds(self) -> list[StageResult]:
+        results: list[StageResult] = []
+        for k in range(1, num_rounds(self.recipe) + 1):
+            cfg = round_config(self.recipe, k)
+            round_results = [
+                self._stage(stage, k, cfg, self.output_dir / f"round_{k}" / stage) for stage in cfg.get("stages", ["search"])
+            ]
+            results += round_results
+            self.pm.hook.round_end(run=self.info, round=k, summary={r.name: r.summary for r in round_results})
+        return results
+
+    def _prepare_folder(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.output_dir / "config.yaml"
+        if config_path.exists():
+            previous = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+            changed = _changed_keys(previous, self.recipe)
+            if changed:
+                raise ConfigError(
+                    [
+                        f"{self.output_dir} holds a run of a different recipe (changed: {', '.join(changed)}). "
+                        "Resume with the same recipe and overrides, or choose a new output_dir=..."
+                    ]
+                )
+        else:
+            _write_atomic(config_path, yaml.safe_dump(self.recipe, sort_keys=False))
+        _write_atomic(self.output_dir / "plugins.json", json.dumps(plugin_versions(self.pm), indent=2, sort_keys=True))
+
+    def _stage(self, stage: str, round_index: int, cfg: Mapping[str, Any], folder: Path) -> StageResult:
+        if (folder / DONE).exists():
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+            self.progress("stage_skipped", {"stage": stage, "round": round_index, "folder": folder, "summary": summary})
+            return StageResult(stage, round_index, summary, skipped=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        if stage != "search":
+            raise RstarError(f"stage {stage!r} is not available yet")
+        summary = self._search_stage(cfg, folder, round_index)
+        _write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
+        (folder / DONE).touch()
+        self.pm.hook.stage_end(run=self.info, round=round_index, stage=stage, summary=summary)
+        return StageResult(stage, round_index, summary)
+
+    # --- search ------------------------------------------------------------------------------
+
+    def _search_stage(self, cfg: Mapping[str, Any], folder: Path, round_index: int) -> dict[str, Any]:
+        opts = RecipeOptions.model_validate(dict(cfg))
+        trees_path = folder / "trees.jsonl"
+        dataset = self.registry.build("dataset", opts.dataset)
+        problems: list[Problem] = dataset.load()
+        finished = read_trees(trees_path, repair=True)
+        todo = [p for p in problems if p.id not in finished]
+        self.progress("search_start", {"round": round_index, "total": len(problems), "done": len(finished), "folder": folder})
+        started = time.perf_counter()
+        if todo:
+            components = self._components(opts)
+            try:
+                self._search(opts, components, todo, trees_path, finished)
+            finally:
+                for component in (components.policy, components.verifier, components.checker, components.reward_model):
+                    close = getattr(component, "close", None)
+                    if callable(close):
+                        close()
+        trees = [finished[p.id] for p in problems if p.id in finished]
+        return search_summary(trees, time.perf_counter() - started, opts.search["name"])
+
+    def _components(self, opts: RecipeOptions) -> Components:
+        build = self.registry.build
+        self.progress("loading", {"what": f"policy {opts.policy['name']}"})
+        policy = build("policy", opts.policy)
+        reward = build("reward_model", opts.reward_model) if opts.reward_model and opts.reward_model.get("name") != "none" else None
+        return Components(
+            policy=policy,
+            verifier=build("verifier", opts.verifier),
+            checker=build("answer_checker", opts.answer_checker),
+            reward_model=reward,
+        )
+
+    def _search(
+        self, opts: RecipeOptions, components: Components, todo: list[Problem], trees_path: Path, finished: dict[str, Tree]
+    ) -> None:
+        strategy = self.registry.build("search", opts.search)
+        step_format = StepFormat.from_options(**opts.step_format.model_dump())
+        budget = Budget(**opts.budget.model_dump())
+        engine = Engine(components, max_in_flight=opts.max_in_flight, max_batch=opts.max_batch, seed=opts.seed)
+        with trees_path.open("a", encoding="utf-8") as out:
+
+            def on_tree(tree: Tree) -> None:
+                out.write(json.dumps(tree.to_dict(), ensure_ascii=False) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+                finished[tree.id] = tree
+                self.pm.hook.tree_done(run=self.info, tree=tree)
+                self.progress("tree", {"tree": tree})
+
+            asyncio.run(engine.run(todo, strategy, step_format, budget, on_tree=on_tree))
+        self.progress("engine_stats", {"batchers": {b.name: b.stats for b in engine.batchers}})
+
+
+def read_trees(path: Path, repair: bool = False) -> dict[str, Tree]:
+    """Trees of a ``trees.jsonl`` by problem id. With ``repair``, a last line cut short by a crash is
+    removed from the file (its problem will be searched again)."""
+    trees: dict[str, Tree] = {}
+    if not path.exists():
+        return trees
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    good: list[str] = []
+    for i, line in enumerate(lines):
+        try:
+            tree = Tree.from_dict(json.loads(line))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            if i == len(lines) - 1 and repair:
+                break
+            raise RstarError(f"{path}:{i + 1}: not a tree line ({exc})") from None
+        trees[tree.id] = tree
+        good.append(line if line.endswith("\n") else line + "\n")
+    if repair and len(good) != len(lines):
+        _write_atomic(path, "".join(good))
+    return trees
+
+
+def search_summary(trees: list[Tree], seconds: float, strategy: str) -> dict[str, Any]:
+    """Accuracy and spend of a search stage."""
+    labelled = [t for t in trees if t.correct is not None]
+    correct = sum(1 for t in labelled if t.correct)
+    usage = [t.usage for t in trees]
+    return {
+        "strategy": strategy,
+        "problems": len(trees),
+        "correct": correct,
+        "accuracy": correct / len(labelled) if labelled else None,
+        "answered": sum(1 for t in trees if t.prediction is not None),
+        "generated_tokens": sum(u.generated_tokens for u in usage),
+        "policy_calls": sum(u.policy_calls for u in usage),
+        "verifier_jobs": sum(u.verifier_jobs for u in usage),
+        "reward_calls": sum(u.reward_calls for u in usage),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    changed: list[str] = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changed += _changed_keys(a, b, path + ".")
+        elif a != b:
+            changed.append(path)
+    return changed
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,262 @@
+"""The step format: code-augmented chain of thought (ALGORITHM.md section 2), in one object.
+
+A solution is one code block whose steps are Python with the reasoning in comments, then the
+interpreter output (inserted by the system, never generated), then a natural-language answer::
+
+    <code>
+    # Step 1: ...
+    x = 3
+    <end_of_step>
+    # Now print the final answer
+    print(x)
+    <end_of_code>
+    <output>3<end_of_output>
+    <answer>The answer is \\boxed{3}.<end_of_answer>
+
+Prompt rendering, search, data extraction, training and reward scoring all use :class:`StepFormat`,
+so training and inference cannot disagree about it.
+
+Deliberate differences from the original (ALGORITHM.md section 10, bug 5): the final answer is the
+content of the *last* ``\\boxed{...}`` found in the whole step (the original cut the text at the
+first ``".\\n"`` before looking for the box), an unclosed brace gives no answer (not an empty
+string by an index slip), and few-shot examples keep a fixed order (the original re-shuffled them
+for every prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from rstar.errors import ConfigError
+from rstar.types import Verdict
+
+CODE = "<code>"
+STEP_END = "<end_of_step>"
+CODE_END = "<end_of_code>"
+OUTPUT = "<output>"
+OUTPUT_END = "<end_of_output>"
+ANSWER = "<answer>"
+ANSWER_END = "<end_of_answer>"
+REFINE = "<refine>"
+REFINE_END = "<end_of_refine>"
+
+TAGS = (CODE, STEP_END, CODE_END, OUTPUT, OUTPUT_END, ANSWER, ANSWER_END, REFINE, REFINE_END)
+SPECIAL_TOKENS = (*TAGS, "<|user|>", "<|assistant|>", "\n<|assistant|>", "<error_info>", "<end_of_error_info>", "<BACK>")
+"""The tokens added to the tokenizer when a policy is fine-tuned on this format."""
+
+STOPS_BOOTSTRAP = (STEP_END, CODE_END, OUTPUT_END, ANSWER_END)
+"""Stop strings for a few-shot (not fine-tuned) policy, one step per call."""
+STOPS_STEP = (STEP_END, CODE_END, ANSWER_END)
+"""Stop strings for a fine-tuned policy, one step per call."""
+STOPS_BLOCK = (CODE_END, ANSWER_END)
+"""Stop strings for whole-block generation: the code block is one call, the answer the next."""
+
+TOO_MANY_ERRORS = "too many code errors"
+TOO_MANY_STEPS = "too many steps"
+SENTINELS = (TOO_MANY_ERRORS, TOO_MANY_STEPS)
+"""Final answers of invalid leaves; never a real answer."""
+
+_STATUS_AS_EXCEPTION = {
+    "timeout": "TimeoutError",
+    "memory": "MemoryError",
+    "output_limit": "OutputLimitError",
+    "killed": "ProcessKilledError",
+}
+_BOXED = re.compile(r"\\boxed\s*\{")
+_TEXT = re.compile(r"^\\text\{(.*)\}$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt: instructions, a header sentence, few-shot examples and a suffix with ``{input}``."""
+
+    instructions: str = ""
+    header: str = ""
+    suffix: str = "{input}"
+    examples: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, name_or_path: str) -> PromptTemplate:
+        """A bundled template (``bootstrap``, ``sft``) or a JSON file with the same keys."""
+        path = Path(name_or_path)
+        try:
+            if path.suffix == ".json":
+                text = path.read_text(encoding="utf-8")
+            else:
+                text = resources.files("rstar.prompts").joinpath(f"{name_or_path}.json").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                [f"step_format.prompt: no prompt {name_or_path!r}; use 'bootstrap', 'sft' or a path to a .json file"]
+            ) from None
+        data = json.loads(text)
+        unknown = set(data) - {"instructions", "header", "suffix", "examples"}
+        if unknown:
+            raise ConfigError([f"prompt {name_or_path}: unknown keys {sorted(unknown)}"])
+        return cls(
+            instructions=data.get("instructions", ""),
+            header=data.get("header", ""),
+            suffix=data.get("suffix", "{input}"),
+            examples=tuple(data.get("examples", ())),
+        )
+
+
+@dataclass(frozen=True)
+class ParsedStep:
+    """A generated step: an answer step (it mentions ``boxed``) with its extracted answer, or a code step."""
+
+    is_answer: bool
+    final_answer: str | None = None
+
+
+@dataclass(frozen=True)
+class StepFormat:
+    """Everything about the code-augmented step format, in one place."""
+
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+    few_shot: int = 2
+    stops: tuple[str, ...] = STOPS_BOOTSTRAP
+
+    @classmethod
+    def from_options(cls, prompt: str = "bootstrap", few_shot: int = 2) -> StepFormat:
+        template = PromptTemplate.load(prompt)
+        stops = STOPS_BOOTSTRAP if template.examples else STOPS_STEP
+        return cls(template=template, few_shot=min(few_shot, len(template.examples)), stops=stops)
+
+    # --- prompts -----------------------------------------------------------------------------
+
+    def render_prompt(self, question: str, partial_solution: str = "") -> str:
+        """The policy's (and the reward model's) input: rendered question + the steps so far."""
+        t = self.template
+        examples = t.examples[: self.few_shot]
+        inputs = question + "\n"
+        if examples:
+            n = len(examples)
+            header = t.header.format(n=n, are="are" if n > 1 else "is", s="s" if n > 1 else "")
+            head = "\n".join([t.instructions, header, *examples, ""])
+        else:
+            head = "\n".join([t.instructions, ""])
+        suffix = t.suffix.format(input=inputs)
+        prompt = suffix if head.strip() == "" else head + "\n" + suffix
+        return prompt + partial_solution
+
+    # --- parsing -----------------------------------------------------------------------------
+
+    def parse(self, text: str) -> ParsedStep:
+        """An answer step iff ``boxed`` occurs in the text (the original's rule); else a code step."""
+        if "boxed" in text:
+            return ParsedStep(True, extract_answer(text))
+        return ParsedStep(False)
+
+    # --- code execution ----------------------------------------------------------------------
+
+    def program(self, path_texts: Sequence[str], step_text: str) -> str:
+        """The program to run for a new step: the current code block's earlier steps + this one.
+
+        ``path_texts`` are the texts of the steps from the root to the new step's parent. History
+        stops at the most recent step that closed a code block (it contains ``<end_of_code>`` or
+        ``<end_of_output>``).
+        """
+        history: list[str] = []
+        for text in reversed(path_texts):
+            if CODE_END in text or OUTPUT_END in text:
+                break
+            history.append(text)
+        history.reverse()
+        return extract_program("".join([*history, step_text]))
+
+    def observation(self, verdict: Verdict) -> str:
+        """What the interpreter "says" about a step: its output, or the error, post-processed."""
+        if verdict.status == "ok":
+            text = verdict.output
+        elif verdict.status == "error":
+            text = verdict.error
+        else:
+            exc = _STATUS_AS_EXCEPTION[verdict.status]
+            text = verdict.error if verdict.error.startswith(exc) else f"{exc}: {verdict.error or verdict.status}"
+        return _postprocess(text)
+
+    @staticmethod
+    def is_error(observation: str) -> bool:
+        """The original's rule: a step failed iff its observation contains ``error`` (any case)."""
+        return "error" in observation.lower()
+
+    @staticmethod
+    def shows_output(step_text: str) -> bool:
+        """Only a step that closes the code block gets the output block shown to the model."""
+        return CODE_END in step_text
+
+    @staticmethod
+    def with_output(step_text: str, observation: str) -> str:
+        """The step's text as the model sees it afterwards: the output block appended."""
+        return f"{step_text}\n{OUTPUT}{observation}{OUTPUT_END}"
+
+
+def extract_program(text: str) -> str:
+    """The Python inside ``<code>`` … ``<end_of_code>`` of ``text``, ``<end_of_step>`` tags removed.
+
+    Each ``<code>`` line starts a new segment; code on the ``<code>`` line itself is dropped, as in
+    the original. Text without any ``<code>`` line is returned whole.
+    """
+    segments: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.replace(STEP_END, "").split("\n"):
+        if CODE in line:
+            if current:
+                segments.append(current)
+            current = []
+        elif CODE_END in line:
+            if current is not None:
+                segments.append(current)
+            current = None
+        elif current is not None:
+            current.append(line)
+    if current:
+        segments.append(current)
+    if not segments:
+        return text.replace(STEP_END, "")
+    return "\n# ---- next code block ----\n".join("\n".join(seg) for seg in segments)
+
+
+def extract_answer(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (braces matched), one ``\\text{}`` wrapper removed.
+
+    None when there is no box, its braces never close, or it is empty.
+    """
+    matches = list(_BOXED.finditer(text))
+    if not matches:
+        return None
+    start = matches[-1].end()
+    depth = 1
+    for i in range(start, len(text)):
+        ch = text[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                answer = text[start:i].strip()
+                m = _TEXT.match(answer)
+                if m:
+                    answer = "" if m.group(1).strip() == "and" else m.group(1).strip()
+                return answer or None
+    return None
+
+
+def _postprocess(text: str) -> str:
+    text = str(text).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        rounded = str(round(value, 4))
+        if len(rounded) < len(text):
+            text = rounded
+    if len(text) > 1024:
+        text = text[:512] + "..." + text[-512:]
+    return text

@@ -1,0 +1,223 @@
+"""The data that flows between components: frozen dataclasses with a JSON form.
+
+Every type here round-trips through ``to_dict`` / ``from_dict`` (plain JSON values only), so trees,
+verdicts and usage can be written to run folders and read back by other tools.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, get_args
+
+T = TypeVar("T", bound="JsonData")
+
+Reference = str | list[str] | None
+"""A reference answer: one string, a list of accepted strings, or None when unknown."""
+
+
+class JsonData:
+    """Mixin: ``to_dict`` / ``from_dict`` for a frozen dataclass of JSON-friendly fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = _to_json(value)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+        return cls(**{k: _from_json(cls, k, v) for k, v in data.items()})
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, JsonData):
+        return value.to_dict()
+    if isinstance(value, tuple | list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    return value
+
+
+def _from_json(cls: type, name: str, value: Any) -> Any:
+    nested = _NESTED.get((cls.__name__, name))
+    if nested is not None and value is not None:
+        if isinstance(value, list):
+            return tuple(nested.from_dict(v) for v in value)
+        return nested.from_dict(value)
+    if isinstance(value, list) and name in _TUPLE_FIELDS.get(cls.__name__, ()):
+        return tuple(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Problem(JsonData):
+    """One problem of a dataset: a question and (when known) its reference answer."""
+
+    id: str
+    question: str
+    answer: Reference = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+FinishReason = Literal["stop", "eos", "length"]
+"""Why a sample ended: on one of the request's stop strings, on the end-of-sequence token, or at max_tokens."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest(JsonData):
+    """Sample ``n`` continuations of ``prompt`` (raw text, no chat template)."""
+
+    prompt: str
+    n: int = 1
+    max_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Sample(JsonData):
+    """One continuation. ``text`` keeps the stop string it ended on (``stop``)."""
+
+    text: str
+    finish_reason: FinishReason
+    stop: str | None = None
+    num_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationResult(JsonData):
+    """The ``n`` samples of one request, in order, and the prompt's length in tokens."""
+
+    samples: tuple[Sample, ...]
+    prompt_tokens: int = 0
+
+
+# --- verifier ----------------------------------------------------------------------------------
+
+VerdictStatus = Literal["ok", "error", "timeout", "memory", "output_limit", "killed"]
+VERDICT_STATUSES: tuple[str, ...] = get_args(VerdictStatus)
+
+
+@dataclass(frozen=True)
+class CodeJob(JsonData):
+    """A Python program to run in a sandbox, with its limits."""
+
+    program: str
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+    max_output_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class Verdict(JsonData):
+    """What running a :class:`CodeJob` did. Untrusted code failing is a verdict, never an exception.
+
+    ``output`` is what the program printed (the REPL value of a trailing expression included);
+    ``error`` is ``"<ExceptionType>: <message>"`` for a raised exception, or a description of the
+    limit that stopped it.
+    """
+
+    status: VerdictStatus
+    output: str = ""
+    error: str = ""
+    duration_s: float = 0.0
+
+
+# --- reward model ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewardRequest(JsonData):
+    """Score a partial solution: ``prompt`` (rendered question) + ``solution`` (steps so far)."""
+
+    prompt: str
+    solution: str
+
+
+# --- usage, budget, trees ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage(JsonData):
+    """What a search spent, in the units every strategy reports (so comparisons are fair)."""
+
+    policy_calls: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    verifier_jobs: int = 0
+    reward_calls: int = 0
+    wall_time_s: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)})
+
+
+@dataclass(frozen=True)
+class Budget(JsonData):
+    """The compute a strategy may spend on one problem.
+
+    ``samples`` is the strategy's main knob (N of best-of-N, rollouts of MCTS, beam width, ...), the
+    x-axis of ``rstar compare``. ``max_step_tokens`` caps one policy sample; ``max_depth`` the number
+    of steps of one solution.
+    """
+
+    samples: int = 4
+    max_step_tokens: int = 512
+    max_depth: int = 16
+
+
+@dataclass(frozen=True)
+class Node(JsonData):
+    """One step of a search tree, in the tree file format (ARCHITECTURE.md section 6)."""
+
+    id: str
+    parent: str | None
+    depth: int
+    text: str
+    output: str | None = None
+    visits: int = 0
+    q_value: float = 0.0
+    value: float | None = None
+    terminal: bool = False
+    final_answer: str | None = None
+    correct: bool | None = None
+
+
+@dataclass(frozen=True)
+class Tree(JsonData):
+    """One problem's search: every node, the chosen answer, and what it cost. One line of trees.jsonl."""
+
+    id: str
+    question: str
+    answer: Reference
+    strategy: str
+    prediction: str | None
+    correct: bool | None
+    usage: Usage
+    nodes: tuple[Node, ...]
+
+    def node(self, node_id: str) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+
+_NESTED: dict[tuple[str, str], type[JsonData]] = {
+    ("GenerationResult", "samples"): Sample,
+    ("Tree", "usage"): Usage,
+    ("Tree", "nodes"): Node,
+}
+_TUPLE_FIELDS: dict[str, tuple[str, ...]] = {"GenerationRequest": ("stop",)}
