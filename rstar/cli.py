@@ -19,8 +19,8 @@ from rich.table import Table
 from rstar import __version__
 from rstar.errors import RstarError
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE | ~KEY]...")
 
@@ -88,8 +88,14 @@ class _Progress:
         elif event == "stage_skipped":
             console.print(f"[dim]{payload['folder']}: already done, skipped[/]")
         elif event == "search_start":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            from rich.progress import TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.correct = self.seen = 0
             if payload["done"]:
@@ -127,8 +133,14 @@ def _summary_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
     for name, s in rows:
         acc = "n/a" if s.get("accuracy") is None else f"{s['accuracy']:.1%}"
         table.add_row(
-            name, str(s.get("strategy", "")), str(s.get("problems", "")), acc, str(s.get("answered", "")),
-            str(s.get("generated_tokens", "")), str(s.get("policy_calls", "")), str(s.get("seconds", "")),
+            name,
+            str(s.get("strategy", "")),
+            str(s.get("problems", "")),
+            acc,
+            str(s.get("answered", "")),
+            str(s.get("generated_tokens", "")),
+            str(s.get("policy_calls", "")),
+            str(s.get("seconds", "")),
         )
     return table
 
@@ -191,9 +203,7 @@ def plugins(as_json: bool) -> None:
     from rstar.registry import get_registry
 
     versions = plugin_versions(get_plugin_manager())
-    listing: dict[str, dict[str, Any]] = {
-        name: {**info, "components": {}} for name, info in sorted(versions.items())
-    }
+    listing: dict[str, dict[str, Any]] = {name: {**info, "components": {}} for name, info in sorted(versions.items())}
     for reg in get_registry().all():
         entry = listing.setdefault(reg.plugin, {"distribution": None, "version": None, "components": {}})
         entry["components"].setdefault(reg.kind, []).append(
@@ -211,6 +221,10 @@ def plugins(as_json: bool) -> None:
         comps = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(info["components"].items()))
         table.add_row(name, package, comps or "-")
     out.print(table)
+    from rstar.plugins import blocked_plugins
+
+    if blocked_plugins():
+        out.print(f"blocked by RSTAR_BLOCK_PLUGINS: {', '.join(blocked_plugins())}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -163,9 +163,13 @@ class Engine:
         self._blocked = 0
         self._tasks: set[asyncio.Future[Any]] = set()
         c = components
-        self.policy: Batcher[GenerationRequest, GenerationResult] = Batcher(self, "policy", c.policy.generate, max_batch)
+        self.policy: Batcher[GenerationRequest, GenerationResult] = Batcher(
+            self, "policy", c.policy.generate, max_batch
+        )
         self.verifier: Batcher[CodeJob, Verdict] = Batcher(self, "verifier", c.verifier.run, max_batch, None)
-        self.checker: Batcher[tuple[str, Reference], bool] = Batcher(self, "answer checker", c.checker.check, max_batch, None)
+        self.checker: Batcher[tuple[str, Reference], bool] = Batcher(
+            self, "answer checker", c.checker.check, max_batch, None
+        )
         self.reward: Batcher[RewardRequest, float] | None = (
             Batcher(self, "reward model", c.reward_model.score, max_batch) if c.reward_model is not None else None
         )

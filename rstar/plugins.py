@@ -65,7 +65,7 @@ def plugin_versions(pm: pluggy.PluginManager) -> dict[str, dict[str, Any]]:
         name = pm.get_name(plugin)
         if name is not None:
             out[name] = {"distribution": dist.project_name, "version": dist.version}
-    for name, _plugin in pm.list_name_plugin():
-        if name is not None and name not in out:
+    for name, plugin in pm.list_name_plugin():
+        if plugin is not None and name is not None and name not in out:
             out[name] = {"distribution": None, "version": None}
     return out

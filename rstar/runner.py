@@ -98,7 +98,8 @@ class Runner:
         for k in range(1, num_rounds(self.recipe) + 1):
             cfg = round_config(self.recipe, k)
             round_results = [
-                self._stage(stage, k, cfg, self.output_dir / f"round_{k}" / stage) for stage in cfg.get("stages", ["search"])
+                self._stage(stage, k, cfg, self.output_dir / f"round_{k}" / stage)
+                for stage in cfg.get("stages", ["search"])
             ]
             results += round_results
             self.pm.hook.round_end(run=self.info, round=k, summary={r.name: r.summary for r in round_results})
@@ -144,7 +145,9 @@ class Runner:
         problems: list[Problem] = dataset.load()
         finished = read_trees(trees_path, repair=True)
         todo = [p for p in problems if p.id not in finished]
-        self.progress("search_start", {"round": round_index, "total": len(problems), "done": len(finished), "folder": folder})
+        self.progress(
+            "search_start", {"round": round_index, "total": len(problems), "done": len(finished), "folder": folder}
+        )
         started = time.perf_counter()
         if todo:
             components = self._components(opts)
@@ -162,7 +165,11 @@ class Runner:
         build = self.registry.build
         self.progress("loading", {"what": f"policy {opts.policy['name']}"})
         policy = build("policy", opts.policy)
-        reward = build("reward_model", opts.reward_model) if opts.reward_model and opts.reward_model.get("name") != "none" else None
+        reward = (
+            build("reward_model", opts.reward_model)
+            if opts.reward_model and opts.reward_model.get("name") != "none"
+            else None
+        )
         return Components(
             policy=policy,
             verifier=build("verifier", opts.verifier),
@@ -171,7 +178,12 @@ class Runner:
         )
 
     def _search(
-        self, opts: RecipeOptions, components: Components, todo: list[Problem], trees_path: Path, finished: dict[str, Tree]
+        self,
+        opts: RecipeOptions,
+        components: Components,
+        todo: list[Problem],
+        trees_path: Path,
+        finished: dict[str, Tree],
     ) -> None:
         strategy = self.registry.build("search", opts.search)
         step_format = StepFormat.from_options(**opts.step_format.model_dump())

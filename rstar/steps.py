@@ -46,7 +46,15 @@ REFINE = "<refine>"
 REFINE_END = "<end_of_refine>"
 
 TAGS = (CODE, STEP_END, CODE_END, OUTPUT, OUTPUT_END, ANSWER, ANSWER_END, REFINE, REFINE_END)
-SPECIAL_TOKENS = (*TAGS, "<|user|>", "<|assistant|>", "\n<|assistant|>", "<error_info>", "<end_of_error_info>", "<BACK>")
+SPECIAL_TOKENS = (
+    *TAGS,
+    "<|user|>",
+    "<|assistant|>",
+    "\n<|assistant|>",
+    "<error_info>",
+    "<end_of_error_info>",
+    "<BACK>",
+)
 """The tokens added to the tokenizer when a policy is fine-tuned on this format."""
 
 STOPS_BOOTSTRAP = (STEP_END, CODE_END, OUTPUT_END, ANSWER_END)

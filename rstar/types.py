@@ -112,12 +112,12 @@ VERDICT_STATUSES: tuple[str, ...] = get_args(VerdictStatus)
 
 @dataclass(frozen=True)
 class CodeJob(JsonData):
-    """A Python program to run in a sandbox, with its limits."""
+    """A Python program to run in a sandbox. Limits left as None take the verifier's configured defaults."""
 
     program: str
-    timeout_s: float = 10.0
-    memory_mb: int = 1024
-    max_output_bytes: int = 65536
+    timeout_s: float | None = None
+    memory_mb: int | None = None
+    max_output_bytes: int | None = None
 
 
 @dataclass(frozen=True)

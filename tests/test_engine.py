@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 
 from conftest import FakeExactChecker, FakeInProcessVerifier, adder_problems
+from rstar_search.sampling import BestOfN, SamplingOptions
+
 from rstar.engine import Components, Engine, problem_seed
 from rstar.steps import StepFormat
 from rstar.testing import ScriptedPolicy
 from rstar.testing.worlds import adder
 from rstar.types import Budget, GenerationRequest
-from rstar_search.sampling import BestOfN, SamplingOptions
 
 
 def run_search(max_in_flight: int, n_problems: int = 12, samples: int = 4):
@@ -60,7 +61,7 @@ def test_max_batch_splits_large_queues():
 
 
 def test_requests_get_seeds_from_the_problem():
-    trees, policy, _, _ = run_search(max_in_flight=4, n_problems=2)
+    _, policy, _, _ = run_search(max_in_flight=4, n_problems=2)
     seeds = [r.seed for batch in policy.calls for r in batch]
     assert all(isinstance(s, int) for s in seeds)
     assert problem_seed(7, "p0") == problem_seed(7, "p0") != problem_seed(8, "p0")

@@ -64,7 +64,7 @@ def test_build_validates_options_and_passes_them(make_registry):
     plugin.register_reward_models = register_reward_models
     registry = make_registry(plugin)
     assert isinstance(registry.build("reward_model", {"name": "thing"}), Thing)
-    with pytest.raises(RstarError, match="reward_model.x: unknown key; this takes no options"):
+    with pytest.raises(RstarError, match=r"reward_model\.x: unknown key; this takes no options"):
         registry.build("reward_model", {"name": "thing", "x": 1})
 
 

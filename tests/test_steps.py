@@ -86,7 +86,9 @@ def test_output_block_only_after_end_of_code():
 def test_sft_prompt_matches_the_released_data_format():
     fmt = StepFormat.from_options(prompt="sft")
     prompt = fmt.render_prompt("What is 1+1?")
-    assert prompt == "<|user|>:\nWhat is 1+1?\n\n<|assistant|>: Let's think step by step and solve the problem with code."
+    assert (
+        prompt == "<|user|>:\nWhat is 1+1?\n\n<|assistant|>: Let's think step by step and solve the problem with code."
+    )
 
 
 def test_bootstrap_prompt_has_examples_and_the_question_last():

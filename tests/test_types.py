@@ -29,7 +29,13 @@ EXAMPLES = [
     Usage(policy_calls=2, generated_tokens=10),
     Budget(samples=8),
     Tree(
-        "1", "q", "4", "best_of_n", "4", True, Usage(1, 2, 3, 4, 5, 0.5),
+        "1",
+        "q",
+        "4",
+        "best_of_n",
+        "4",
+        True,
+        Usage(1, 2, 3, 4, 5, 0.5),
         (Node("0", None, 0, ""), Node("0.1", "0", 1, "<code>x", "4", 1, 0.5, 0.5, True, "4", True)),
     ),
 ]

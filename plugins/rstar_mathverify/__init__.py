@@ -8,5 +8,8 @@ from rstar.registry import RegisterFn
 
 @hookimpl
 def register_answer_checkers(register: RegisterFn) -> None:
-    register("math_verify", "rstar_mathverify.checker:MathVerifyChecker",
-             description="math-verify equivalence, run in worker processes so its timeouts work")
+    register(
+        "math_verify",
+        "rstar_mathverify.checker:MathVerifyChecker",
+        description="math-verify equivalence, run in worker processes so its timeouts work",
+    )

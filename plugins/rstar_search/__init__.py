@@ -9,5 +9,8 @@ from rstar.registry import RegisterFn
 @hookimpl
 def register_search_strategies(register: RegisterFn) -> None:
     register("greedy", "rstar_search.sampling:Greedy", description="one solution at temperature 0")
-    register("best_of_n", "rstar_search.sampling:BestOfN",
-             description="N full solutions; majority vote, or best reward-model score")
+    register(
+        "best_of_n",
+        "rstar_search.sampling:BestOfN",
+        description="N full solutions; majority vote, or best reward-model score",
+    )

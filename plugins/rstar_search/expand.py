@@ -25,7 +25,11 @@ class StepResult:
 
     @property
     def is_valid_answer(self) -> bool:
-        return self.terminal and self.final_answer is not None and self.final_answer not in (TOO_MANY_ERRORS, TOO_MANY_STEPS)
+        return (
+            self.terminal
+            and self.final_answer is not None
+            and self.final_answer not in (TOO_MANY_ERRORS, TOO_MANY_STEPS)
+        )
 
 
 async def make_steps(
@@ -34,7 +38,6 @@ async def make_steps(
     samples: Sequence[Sample],
     *,
     errors_threshold: int,
-    timeout_s: float,
 ) -> list[StepResult]:
     """Build one step per ``(parent path texts, parent depth, parent consecutive errors)`` and sample.
 
@@ -51,7 +54,7 @@ async def make_steps(
     for i, ((path, _, _), sample, p) in enumerate(zip(parents, samples, parsed, strict=True)):
         if not (p.is_answer and p.final_answer is not None):
             job_of[i] = len(jobs)
-            jobs.append(CodeJob(fmt.program(path, sample.text), timeout_s=timeout_s))
+            jobs.append(CodeJob(fmt.program(path, sample.text)))
     verdicts = await ctx.execute(jobs) if jobs else []
 
     steps: list[StepResult] = []

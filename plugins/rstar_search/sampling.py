@@ -29,7 +29,6 @@ class SamplingOptions(Options):
         "step", description="one policy call per step, or per code block (then one for the answer)"
     )
     errors_threshold: int = Field(1, ge=1, description="consecutive erroring steps that end a solution")
-    code_timeout_s: float = Field(10.0, gt=0, description="time limit of one step's program")
 
 
 class GreedyOptions(SamplingOptions):
@@ -77,6 +76,7 @@ class BestOfN:
         chains = [_Chain(k + 1) for k in range(n)]
 
         while live := [c for c in chains if not c.done and len(c.steps) <= ctx.budget.max_depth]:
+
             def request(chain: _Chain, count: int = 1) -> GenerationRequest:
                 return GenerationRequest(
                     prompt=fmt.render_prompt(problem.question, "".join(chain.texts)),
@@ -95,9 +95,7 @@ class BestOfN:
                 results = await ctx.generate([request(c) for c in live])
                 samples = [r.samples[0] for r in results]
             parents = [(c.texts, len(c.steps), c.steps[-1].consecutive_errors if c.steps else 0) for c in live]
-            new_steps = await make_steps(
-                ctx, parents, samples, errors_threshold=opts.errors_threshold, timeout_s=opts.code_timeout_s
-            )
+            new_steps = await make_steps(ctx, parents, samples, errors_threshold=opts.errors_threshold)
             for chain, step in zip(live, new_steps, strict=True):
                 parent_id = chain.node_ids[-1] if chain.node_ids else "0"
                 chain.node_ids.append(f"{parent_id}.{chain.index}" if parent_id == "0" else f"{parent_id}.1")
@@ -122,7 +120,9 @@ class BestOfN:
         if self.options.vote == "reward" and scores:
             return max(answered, key=lambda c: scores[c.index]).answer
         groups = await equivalence_groups(ctx, [c.answer for c in answered if c.answer is not None])
-        weight = (lambda i: scores[answered[i].index]) if self.options.vote == "weighted" and scores else (lambda i: 1.0)
+        weight = (
+            (lambda i: scores[answered[i].index]) if self.options.vote == "weighted" and scores else (lambda i: 1.0)
+        )
         best = max(groups, key=lambda g: sum(weight(i) for i in g))
         return answered[best[0]].answer
 
@@ -166,7 +166,12 @@ async def equivalence_groups(ctx: SearchContext, answers: list[str]) -> list[lis
 
 
 async def _tree(
-    problem: Problem, ctx: SearchContext, strategy: str, chains: list[_Chain], scores: dict[int, float], prediction: str | None
+    problem: Problem,
+    ctx: SearchContext,
+    strategy: str,
+    chains: list[_Chain],
+    scores: dict[int, float],
+    prediction: str | None,
 ) -> Tree:
     answered = [c for c in chains if c.answer is not None]
     checks = await ctx.check([(c.answer, problem.answer) for c in answered if c.answer is not None])

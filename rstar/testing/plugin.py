@@ -8,11 +8,15 @@ from rstar.registry import RegisterFn
 
 @hookimpl
 def register_policies(register: RegisterFn) -> None:
-    register("scripted", "rstar.testing.scripted:ScriptedPolicy",
-             description="test fake: a function fn(prompt, n) -> list[str]")
+    register(
+        "scripted",
+        "rstar.testing.scripted:ScriptedPolicy",
+        description="test fake: a function fn(prompt, n) -> list[str]",
+    )
 
 
 @hookimpl
 def register_reward_models(register: RegisterFn) -> None:
-    register("scripted", "rstar.testing.scripted:ScriptedRewardModel",
-             description="test fake: a function fn(text) -> float")
+    register(
+        "scripted", "rstar.testing.scripted:ScriptedRewardModel", description="test fake: a function fn(text) -> float"
+    )

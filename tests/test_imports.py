@@ -1,0 +1,39 @@
+"""Importing rstar, ``rstar --help`` and ``rstar plugins`` must not import heavy libraries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "transformers", "docker", "vllm", "sglang", "math_verify", "sympy", "numpy")
+
+PROBE = """
+import sys
+{body}
+heavy = sorted(m for m in {heavy!r} if m in sys.modules)
+print("HEAVY:" + ",".join(heavy))
+"""
+
+
+def heavy_modules_after(body: str) -> list[str]:
+    code = PROBE.format(body=body, heavy=HEAVY)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("HEAVY:"))
+    return [m for m in line[len("HEAVY:") :].split(",") if m]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "import rstar",
+        "import rstar.engine, rstar.runner, rstar.config, rstar.steps, rstar.testing",
+        "from rstar.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+        "from rstar.cli import main\ntry:\n    main(['plugins'])\nexcept SystemExit:\n    pass",
+        "from rstar.cli import main\ntry:\n    main(['plugins', '--json'])\nexcept SystemExit:\n    pass",
+    ],
+    ids=["import", "core-modules", "help", "plugins", "plugins-json"],
+)
+def test_no_heavy_imports(body):
+    assert heavy_modules_after(body) == []

@@ -1,0 +1,231 @@
+"""The ``subprocess`` verifier and ``rstar sandbox exec``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from rstar_sandbox.cli import sandbox
+from rstar_sandbox.subprocess_verifier import SubprocessOptions, SubprocessVerifier
+
+from rstar.errors import RstarError
+from rstar.registry import get_registry
+from rstar.types import CodeJob, Verdict
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and rlimits: Linux")
+
+
+@pytest.fixture
+def verifier():
+    v = SubprocessVerifier(SubprocessOptions())
+    yield v
+    v.close()
+
+
+def run1(verifier: SubprocessVerifier, program: str, **limits) -> Verdict:
+    return asyncio.run(verifier.run([CodeJob(program, **limits)]))[0]
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_registered_and_built_by_name():
+    v = get_registry().build("verifier", {"name": "subprocess", "max_workers": 3})
+    assert isinstance(v, SubprocessVerifier)
+    assert v.options.max_workers == 3
+
+
+def test_prints_and_echoes_the_last_expression(verifier):
+    v = run1(verifier, "print('hello')\nx = 6 * 7\nx")
+    assert (v.status, v.output, v.error) == ("ok", "hello\n42\n", "")
+    assert v.duration_s > 0
+
+
+def test_no_echo_for_none_or_statements(verifier):
+    verdicts = asyncio.run(verifier.run([CodeJob("x = 1"), CodeJob("print('a')"), CodeJob("None")]))
+    assert [v.output for v in verdicts] == ["", "a\n", ""]
+    assert all(v.status == "ok" for v in verdicts)
+
+
+def test_exception_is_an_error_verdict_with_output_so_far(verifier):
+    v = run1(verifier, "print('before')\n1 / 0\nprint('after')")
+    assert v.status == "error"
+    assert v.error == "ZeroDivisionError: division by zero"
+    assert v.output == "before\n"
+
+
+def test_syntax_error(verifier):
+    v = run1(verifier, "def f(:\n    pass")
+    assert v.status == "error"
+    assert v.error.startswith("SyntaxError: ")
+
+
+def test_printed_text_cannot_pose_as_a_verdict(verifier):
+    v = run1(verifier, 'print(\'{"status": "ok", "error": ""}\')\nraise ValueError("real")')
+    assert (v.status, v.error) == ("error", "ValueError: real")
+
+
+def test_system_exit(verifier):
+    ok, bad = asyncio.run(
+        verifier.run([CodeJob("print(1)\nimport sys; sys.exit(0)\nprint(2)"), CodeJob("raise SystemExit(4)")])
+    )
+    assert (ok.status, ok.output) == ("ok", "1\n")
+    assert (bad.status, bad.error) == ("error", "SystemExit: 4")
+
+
+def test_os_exit_is_killed(verifier):
+    v = run1(verifier, "print('x')\nimport os\nos._exit(3)")
+    assert v.status == "killed"
+    assert "code 3" in v.error
+    assert v.output == "x\n"
+
+
+def test_wall_clock_timeout(verifier):
+    start = time.monotonic()
+    v = run1(verifier, "while True:\n    pass", timeout_s=1)
+    elapsed = time.monotonic() - start
+    assert v.status == "timeout"
+    assert v.error.startswith("TimeoutError")
+    assert elapsed < 2.0
+
+
+def test_sleeping_program_times_out(verifier):
+    v = run1(verifier, "print('started')\nimport time\ntime.sleep(30)", timeout_s=0.5)
+    assert v.status == "timeout"
+    assert v.output == "started\n"
+
+
+def test_output_cap(verifier):
+    v = run1(verifier, "while True:\n    print('y' * 1000)", max_output_bytes=5000, timeout_s=5)
+    assert v.status == "output_limit"
+    assert len(v.output.encode()) == 5000
+    assert v.duration_s < 4
+
+
+def test_output_cap_does_not_split_a_character(verifier):
+    v = run1(verifier, "print('é' * 10)", max_output_bytes=5)
+    assert (v.status, v.output) == ("output_limit", "éé")
+
+
+def test_memory_bomb(verifier):
+    v = run1(verifier, "x = bytearray(10**10)", memory_mb=512)
+    assert v.status == "memory"
+    assert v.error.startswith("MemoryError")
+
+
+def test_environment_is_scrubbed(verifier, monkeypatch):
+    monkeypatch.setenv("RSTAR_SECRET", "hunter2")
+    v = run1(verifier, "import os\nprint(os.environ.get('RSTAR_SECRET'))\nprint(os.getcwd())")
+    lines = v.output.splitlines()
+    assert lines[0] == "None"
+    assert Path(lines[1]).name.startswith("rstar-sandbox-")
+    assert not Path(lines[1]).exists(), "the job's directory is removed afterwards"
+
+
+def test_jobs_run_concurrently_up_to_max_workers():
+    v = SubprocessVerifier(SubprocessOptions(max_workers=2))
+    start = time.monotonic()
+    verdicts = asyncio.run(v.run([CodeJob(f"import time\ntime.sleep(0.5)\n{i}") for i in range(4)]))
+    elapsed = time.monotonic() - start
+    assert [x.output for x in verdicts] == ["0\n", "1\n", "2\n", "3\n"]
+    assert 1.0 <= elapsed < 1.9  # two waves of two
+
+
+def test_leftover_children_are_killed(verifier, tmp_path):
+    pid_file = tmp_path / "pid"
+    program = (
+        f"import subprocess\np = subprocess.Popen(['sleep', '60'])\nopen({str(pid_file)!r}, 'w').write(str(p.pid))"
+    )
+    assert run1(verifier, program).status == "ok"
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 2
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+
+
+def test_close_kills_running_jobs(tmp_path):
+    v = SubprocessVerifier(SubprocessOptions())
+    pid_file = tmp_path / "pid"
+    program = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
+
+    async def scenario() -> Verdict:
+        task = asyncio.ensure_future(v.run([CodeJob(program, timeout_s=30)]))
+        while not pid_file.exists() or not pid_file.read_text():
+            await asyncio.sleep(0.05)
+        v.close()
+        return (await task)[0]
+
+    start = time.monotonic()
+    verdict = asyncio.run(scenario())
+    assert verdict.status == "killed"
+    assert time.monotonic() - start < 5
+    assert not alive(int(pid_file.read_text()))
+
+
+def test_missing_interpreter_is_an_error():
+    with pytest.raises(RstarError, match="no-such-python"):
+        SubprocessVerifier(SubprocessOptions(python="/nonexistent/no-such-python"))
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(RstarError, match="timeout"):
+        get_registry().build("verifier", {"name": "subprocess", "timeout": 3})
+
+
+def test_cli_exec_prints_one_verdict_per_file(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text("print(1)\n2 + 2\n")
+    bad = tmp_path / "bad.py"
+    bad.write_text("1 / 0\n")
+    result = CliRunner().invoke(sandbox, ["exec", str(good), "-", str(bad)], input="'from stdin'")
+    assert result.exit_code == 0, result.output
+    verdicts = [Verdict.from_dict(json.loads(line)) for line in result.output.splitlines()]
+    assert [v.status for v in verdicts] == ["ok", "ok", "error"]
+    assert verdicts[0].output == "1\n4\n"
+    assert verdicts[1].output == "from stdin\n"
+    assert verdicts[2].error == "ZeroDivisionError: division by zero"
+
+
+def test_cli_exec_timeout(tmp_path):
+    loop = tmp_path / "loop.py"
+    loop.write_text("while True:\n    pass\n")
+    result = CliRunner().invoke(sandbox, ["exec", "--timeout", "0.5", str(loop)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["status"] == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["exec", "--verifier", "subproces", "-"], "Did you mean 'subprocess'"),
+        (["exec", "/nonexistent/file.py"], "No such file"),
+        (["exec"], "Missing argument"),
+        (["exec", "--timeout", "0", "-"], "--timeout"),
+    ],
+)
+def test_cli_exec_bad_arguments(args, message):
+    result = CliRunner().invoke(sandbox, args, input="")
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_runs_from_a_thread_and_in_later_event_loops(verifier):
+    assert run1(verifier, "1 + 1").output == "2\n"
+    out: list[Verdict] = []
+    thread = threading.Thread(target=lambda: out.append(run1(verifier, "2 + 2")))
+    thread.start()
+    thread.join()
+    assert out[0].output == "4\n"
