@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 import yaml
@@ -38,6 +38,7 @@ from rstar.steps import StepFormat
 from rstar.types import Budget, Problem, Tree
 
 DONE = "DONE"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Runner:
         """A single search stage into ``<output_dir>/search`` (the ``rstar search`` command)."""
         return self._guarded(lambda: self._stage("search", 0, self.recipe, self.output_dir / "search"))
 
-    def _guarded(self, body: Callable[[], Any]) -> Any:
+    def _guarded(self, body: Callable[[], T]) -> T:
         self._prepare_folder()
         self.pm.hook.run_start(run=self.info)
         try:

@@ -19,7 +19,8 @@ def count_tokens(text: str) -> int:
 
 
 def _resolve(fn: Any) -> Callable[..., Any]:
-    return import_string(fn) if isinstance(fn, str) else fn
+    resolved: Callable[..., Any] = import_string(fn) if isinstance(fn, str) else fn
+    return resolved
 
 
 class ScriptedPolicyOptions(Options):
