@@ -1,7 +1,7 @@
 """rstar: rStar-Math as a plugin framework.
 
 Importing ``rstar`` is cheap: it imports no torch, transformers or docker. Plugins implement the hooks
-of :mod:`rstar.hookspecs` with :data:`hookimpl`.
+of `rstar.hookspecs` with `hookimpl`.
 """
 
 from __future__ import annotations

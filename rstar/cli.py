@@ -1,6 +1,6 @@
 """The ``rstar`` command. Plugins add sub-commands through the ``register_commands`` hook.
 
-Errors caused by input (:class:`rstar.errors.RstarError`) are printed as one message with a
+Errors caused by input (`rstar.errors.RstarError`) are printed as one message with a
 non-zero exit code; set ``RSTAR_DEBUG=1`` to see their traceback too.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +21,8 @@ from rstar import __version__
 from rstar.errors import RstarError
 
 console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# Not a terminal (CI logs, pipes): tables get 120 columns instead of rich's 80.
+out = Console(soft_wrap=True, width=shutil.get_terminal_size((120, 24)).columns)
 
 OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE | ~KEY]...")
 

@@ -1,8 +1,8 @@
 """Recipes: YAML loaded with OmegaConf, command-line overrides, and validation of every part.
 
 A recipe names its components (``policy: {name: hf, model: ...}``); each component validates its
-own keys with its :class:`Options` model, so an unknown or mistyped key is an error naming the key
-path and the allowed keys. :func:`check_recipe` reports every problem of a recipe at once.
+own keys with its `Options` model, so an unknown or mistyped key is an error naming the key
+path and the allowed keys. `check_recipe` reports every problem of a recipe at once.
 
 Overrides (``rstar run RECIPE key=value ...``):
 
@@ -55,7 +55,7 @@ STAGES = ("search",)
 
 
 class BudgetOptions(Options):
-    """What one search may spend on a problem (see :class:`rstar.types.Budget`)."""
+    """What one search may spend on a problem (see `rstar.types.Budget`)."""
 
     samples: int = Field(4, ge=1, description="the strategy's main knob: N, rollouts, beam width")
     max_step_tokens: int = Field(512, ge=1, description="tokens per policy sample")
@@ -63,7 +63,7 @@ class BudgetOptions(Options):
 
 
 class StepFormatOptions(Options):
-    """How prompts are rendered (see :mod:`rstar.steps`)."""
+    """How prompts are rendered (see `rstar.steps`)."""
 
     prompt: str = Field("bootstrap", description="'bootstrap' (few-shot), 'sft', or a path to a prompt JSON file")
     few_shot: int = Field(2, ge=0, description="number of few-shot examples (bootstrap prompt)")
@@ -84,7 +84,7 @@ class RecipeOptions(Options):
     answer_checker: dict[str, Any] = {"name": "math_verify"}
     reward_model: dict[str, Any] | None = None
     search: dict[str, Any]
-    rounds: int | list[dict[str, Any]] = Field(1, description="number of rounds, or one override mapping per round")
+    rounds: int | list[Any] = Field(1, description="number of rounds, or one mapping of overrides per round")
     stages: list[str] = ["search"]
 
 
@@ -198,16 +198,30 @@ def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
 
 
 def check_recipe(data: Mapping[str, Any], registry: Registry) -> list[str]:
-    """All problems of a loaded recipe: its own keys, then each component's name and options."""
-    problems = options_problems(RecipeOptions, data, "")
+    """All problems of a loaded recipe: its own keys, each component's name and options, and the
+    same for every round's merged configuration (reported under ``rounds[k]``)."""
+    problems = _recipe_problems(data, registry)
     rounds = data.get("rounds", 1)
-    round_overrides = rounds if isinstance(rounds, list) else []
+    if isinstance(rounds, list):
+        for k, over in enumerate(rounds, start=1):
+            if over is None or over == {}:
+                continue
+            if not isinstance(over, Mapping):
+                problems.append(f"rounds[{k}]: expected a mapping of keys to override (got {over!r})")
+                continue
+            try:
+                merged = round_config(data, k)
+            except (OmegaConfBaseException, ValueError) as exc:
+                problems.append(f"rounds[{k}]: {exc}")
+                continue
+            problems += [f"rounds[{k}].{p}" for p in _recipe_problems(merged, registry) if p not in problems]
+    return problems
+
+
+def _recipe_problems(data: Mapping[str, Any], registry: Registry) -> list[str]:
+    problems = options_problems(RecipeOptions, data, "")
     for key, kind in COMPONENT_KEYS.items():
         problems += _component_problems(registry, kind, key, data.get(key))
-        for i, over in enumerate(round_overrides, start=1):
-            if isinstance(over, dict) and key in over:
-                merged = {**(data.get(key) or {}), **(over[key] or {})}
-                problems += _component_problems(registry, kind, f"rounds[{i}].{key}", merged)
     for i, stage in enumerate(data.get("stages", []) or []):
         if stage not in STAGES:
             close = difflib.get_close_matches(str(stage), STAGES, n=1)
@@ -217,7 +231,7 @@ def check_recipe(data: Mapping[str, Any], registry: Registry) -> list[str]:
 
 
 def _component_problems(registry: Registry, kind: str, key: str, spec: Any) -> list[str]:
-    if spec is None:
+    if spec is None or is_none_component(spec):
         return []
     if not isinstance(spec, Mapping):
         return [f"{key}: expected a mapping like {{name: ..., ...}} (got {spec!r})"]
@@ -234,8 +248,13 @@ def _component_problems(registry: Registry, kind: str, key: str, spec: Any) -> l
     return options_problems(model, options, key)
 
 
+def is_none_component(spec: Any) -> bool:
+    """``{name: none}`` means "no component" (e.g. no reward model), like leaving the key out."""
+    return isinstance(spec, Mapping) and spec.get("name") == "none" and len(spec) == 1
+
+
 def validated_recipe(data: Mapping[str, Any], registry: Registry, source: str | None = None) -> RecipeOptions:
-    """Check a loaded recipe; raise :class:`ConfigError` listing every problem, or return its options."""
+    """Check a loaded recipe; raise `ConfigError` listing every problem, or return its options."""
     problems = check_recipe(data, registry)
     if problems:
         raise ConfigError(problems, source)

@@ -1,6 +1,6 @@
 """Errors meant for people: what went wrong, where, and how to fix it.
 
-The command line prints a :class:`RstarError` as one message and exits non-zero, without a traceback.
+The command line prints a `RstarError` as one message and exits non-zero, without a traceback.
 Anything else escaping is a bug in rstar or a plugin and keeps its traceback.
 """
 
@@ -35,7 +35,7 @@ class MissingExtraError(RstarError):
     def __init__(self, component: str, module: str, extra: str) -> None:
         super().__init__(
             f"{component} needs the Python package '{module}', which is not installed. "
-            f"Install it with: pip install 'rstar[{extra}]'"
+            f"Install rstar's '{extra}' extra: pip install -e '.[{extra}]' in the rstar checkout"
         )
 
 

@@ -6,7 +6,7 @@ There are two families:
   ``register(name, factory, description="")`` callback. ``factory`` is a class or callable taking the
   component's validated options, or a lazy ``"module:attr"`` string that is imported only when a
   recipe uses the component, so that listing plugins imports nothing heavy. A factory may carry an
-  ``Options`` attribute: a pydantic model (see :class:`rstar.config.Options`) that validates the
+  ``Options`` attribute: a pydantic model (see `rstar.config.Options`) that validates the
   component's keys in a recipe.
 * **Lifecycle hooks** observe a run; they never do per-node work and their return values are ignored.
 
@@ -29,7 +29,7 @@ hookspec = pluggy.HookspecMarker("rstar")
 
 @hookspec
 def register_policies(register: RegisterFn) -> None:
-    """Register policy backends (:class:`rstar.interfaces.PolicyBackend`).
+    """Register policy backends (`rstar.interfaces.PolicyBackend`).
 
     Called once when the registry is built. Recipes use a policy as ``policy: {name: NAME, ...}``.
 
@@ -43,7 +43,7 @@ def register_policies(register: RegisterFn) -> None:
 
 @hookspec
 def register_verifiers(register: RegisterFn) -> None:
-    """Register step verifiers (:class:`rstar.interfaces.StepVerifier`): sandboxes that run step code.
+    """Register step verifiers (`rstar.interfaces.StepVerifier`): sandboxes that run step code.
 
     Called once when the registry is built. Recipes use one as ``verifier: {name: NAME, ...}`` and
     ``rstar sandbox exec --verifier NAME`` runs files through it.
@@ -52,7 +52,7 @@ def register_verifiers(register: RegisterFn) -> None:
 
 @hookspec
 def register_reward_models(register: RegisterFn) -> None:
-    """Register reward models (:class:`rstar.interfaces.RewardModel`) that score partial solutions.
+    """Register reward models (`rstar.interfaces.RewardModel`) that score partial solutions.
 
     Called once when the registry is built. Recipes use one as ``reward_model: {name: NAME, ...}``.
     """
@@ -60,7 +60,7 @@ def register_reward_models(register: RegisterFn) -> None:
 
 @hookspec
 def register_search_strategies(register: RegisterFn) -> None:
-    """Register search strategies (:class:`rstar.interfaces.SearchStrategy`).
+    """Register search strategies (`rstar.interfaces.SearchStrategy`).
 
     Called once when the registry is built. Recipes use one as ``search: {name: NAME, ...}``; the
     strategy's options model validates the other keys.
@@ -69,7 +69,7 @@ def register_search_strategies(register: RegisterFn) -> None:
 
 @hookspec
 def register_trainers(register: RegisterFn) -> None:
-    """Register trainers (:class:`rstar.interfaces.Trainer`) such as SFT and PPM training.
+    """Register trainers (`rstar.interfaces.Trainer`) such as SFT and PPM training.
 
     Called once when the registry is built. Recipes use one as ``train_sft: {name: NAME, ...}`` or
     ``train_ppm: {name: NAME, ...}``.
@@ -78,7 +78,7 @@ def register_trainers(register: RegisterFn) -> None:
 
 @hookspec
 def register_answer_checkers(register: RegisterFn) -> None:
-    """Register answer checkers (:class:`rstar.interfaces.AnswerChecker`) deciding answer equivalence.
+    """Register answer checkers (`rstar.interfaces.AnswerChecker`) deciding answer equivalence.
 
     Called once when the registry is built. Recipes use one as ``answer_checker: {name: NAME, ...}``.
     """
@@ -86,7 +86,7 @@ def register_answer_checkers(register: RegisterFn) -> None:
 
 @hookspec
 def register_datasets(register: RegisterFn) -> None:
-    """Register dataset loaders (:class:`rstar.interfaces.Dataset`) that yield problems.
+    """Register dataset loaders (`rstar.interfaces.Dataset`) that yield problems.
 
     Called once when the registry is built. Recipes use one as ``dataset: {name: NAME, ...}``.
     """
@@ -96,9 +96,9 @@ def register_datasets(register: RegisterFn) -> None:
 def register_commands(register: RegisterFn) -> None:
     """Register extra ``rstar`` sub-commands.
 
-    Called when the command line starts. ``factory`` is a ``click.Command`` or a lazy
-    ``"module:attr"`` string naming one; it is imported only when that command runs (or its help is
-    shown), so ``rstar --help`` stays fast.
+    Called once when the registry is built (the command line builds it to list its commands).
+    ``factory`` is a ``click.Command`` or a lazy ``"module:attr"`` string naming one; it is imported
+    only when that command runs (or its help is shown), so ``rstar --help`` stays fast.
     """
 
 
@@ -110,8 +110,9 @@ def run_start(run: RunInfo) -> None:
 
 @hookspec
 def stage_end(run: RunInfo, round: int, stage: str, summary: dict[str, object]) -> None:
-    """Called after a stage of round ``round`` (1-based) finishes and is marked done, with the
-    stage's summary (for a search: accuracy, tokens, time). Not called for stages skipped as done."""
+    """Called after a stage finishes and is marked done, with the stage's summary (for a search:
+    accuracy, tokens, time). ``round`` is 1-based in ``rstar run`` and 0 for the single stage of
+    ``rstar search``. Not called for stages skipped because they were already done."""
 
 
 @hookspec

@@ -1,7 +1,7 @@
 """The component interfaces: small, batch-shaped ``typing.Protocol``s.
 
 Plugins implement them without inheriting from anything. Every method takes a batch and returns
-one result per item, in order; the engine (:mod:`rstar.engine`) gathers the requests of many
+one result per item, in order; the engine (`rstar.engine`) gathers the requests of many
 concurrent searches into those batches.
 """
 
@@ -35,7 +35,7 @@ class PolicyBackend(Protocol):
 
 @runtime_checkable
 class StepVerifier(Protocol):
-    """Runs untrusted programs. What the code does is a :class:`~rstar.types.Verdict`, never an exception."""
+    """Runs untrusted programs. What the code does is a `rstar.types.Verdict`, never an exception."""
 
     async def run(self, jobs: Sequence[CodeJob]) -> list[Verdict]: ...
 
@@ -63,7 +63,7 @@ class SearchStrategy(Protocol):
 
 @runtime_checkable
 class Dataset(Protocol):
-    """Yields problems; ``load`` may raise :class:`rstar.errors.DataError` naming the file and line."""
+    """Yields problems; ``load`` may raise `rstar.errors.DataError` naming the file and line."""
 
     def load(self) -> list[Problem]: ...
 

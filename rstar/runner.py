@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import pluggy
 import yaml
 
-from rstar.config import RecipeOptions, num_rounds, round_config, validated_recipe
+from rstar.config import RecipeOptions, is_none_component, num_rounds, round_config, validated_recipe
 from rstar.engine import Components, Engine
 from rstar.errors import ConfigError, RstarError
 from rstar.plugins import plugin_versions
@@ -60,7 +60,7 @@ class StageResult:
 
 @dataclass
 class Runner:
-    """Runs one recipe. ``progress`` receives ``(event, payload)`` for display (see :mod:`rstar.cli`)."""
+    """Runs one recipe. ``progress`` receives ``(event, payload)`` for display (see `rstar.cli`)."""
 
     recipe: dict[str, Any]
     registry: Registry
@@ -166,11 +166,9 @@ class Runner:
         build = self.registry.build
         self.progress("loading", {"what": f"policy {opts.policy['name']}"})
         policy = build("policy", opts.policy)
-        reward = (
-            build("reward_model", opts.reward_model)
-            if opts.reward_model and opts.reward_model.get("name") != "none"
-            else None
-        )
+        reward = None
+        if opts.reward_model is not None and not is_none_component(opts.reward_model):
+            reward = build("reward_model", opts.reward_model)
         return Components(
             policy=policy,
             verifier=build("verifier", opts.verifier),

@@ -13,7 +13,7 @@ interpreter output (inserted by the system, never generated), then a natural-lan
     <output>3<end_of_output>
     <answer>The answer is \\boxed{3}.<end_of_answer>
 
-Prompt rendering, search, data extraction, training and reward scoring all use :class:`StepFormat`,
+Prompt rendering, search, data extraction, training and reward scoring all use `StepFormat`,
 so training and inference cannot disagree about it.
 
 Deliberate differences from the original (ALGORITHM.md section 10, bug 5): the final answer is the

@@ -122,7 +122,7 @@ class CodeJob(JsonData):
 
 @dataclass(frozen=True)
 class Verdict(JsonData):
-    """What running a :class:`CodeJob` did. Untrusted code failing is a verdict, never an exception.
+    """What running a `CodeJob` did. Untrusted code failing is a verdict, never an exception.
 
     ``output`` is what the program printed (the REPL value of a trailing expression included);
     ``error`` is ``"<ExceptionType>: <message>"`` for a raised exception, or a description of the

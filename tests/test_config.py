@@ -94,3 +94,16 @@ def test_per_round_overrides_are_merged_and_validated(rstar_registry):
     assert round_config(recipe, 1)["search"] == BASE["search"]
     problems = check_recipe(recipe, rstar_registry)
     assert len(problems) == 1 and problems[0].startswith("rounds[3].search.temp: unknown key")
+
+
+def test_round_overrides_of_recipe_keys_are_validated_too(rstar_registry):
+    recipe = {**BASE, "rounds": [{}, {"budget": {"sampls": 5}}, "oops"]}
+    problems = check_recipe(recipe, rstar_registry)
+    assert problems[0].startswith("rounds[2].budget.sampls: unknown key")
+    assert problems[1].startswith("rounds[3]: expected a mapping")
+    assert len(problems) == 2
+
+
+def test_reward_model_none_means_no_reward_model(rstar_registry):
+    assert check_recipe({**BASE, "reward_model": {"name": "none"}}, rstar_registry) == []
+    assert check_recipe({**BASE, "reward_model": None}, rstar_registry) == []

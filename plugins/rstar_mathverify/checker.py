@@ -2,7 +2,7 @@
 
 math-verify bounds its parsing and comparison time with ``signal.alarm``, which works only in the
 main thread of a process. So every check that needs it runs in a worker of a
-:class:`~concurrent.futures.ProcessPoolExecutor` (``spawn`` context, created on first use, reused),
+`concurrent.futures.ProcessPoolExecutor` (``spawn`` context, created on first use, reused),
 where it is the main thread; the event loop awaits it through ``loop.run_in_executor``. Checking
 therefore works from any thread and any event loop.
 

@@ -3,12 +3,12 @@
 One job = one child process (``python -c <worker.py>``), started in its own session (so the whole
 process group can be killed) in a fresh temporary directory that is removed afterwards, with a
 minimal environment (nothing of the parent's environment is passed on). The program goes in on
-stdin; inside the child, :mod:`rstar_sandbox.worker` limits address space and CPU time and runs the
+stdin; inside the child, `rstar_sandbox.worker` limits address space and CPU time and runs the
 program like a notebook cell. The parent enforces the wall-clock deadline and the output cap from
 outside and reads the verdict from a pipe separate from the program's stdout, so what the program
 prints cannot pose as a verdict.
 
-Limits: a :class:`~rstar.types.CodeJob` may set its own ``timeout_s``, ``memory_mb`` and
+Limits: a `rstar.types.CodeJob` may set its own ``timeout_s``, ``memory_mb`` and
 ``max_output_bytes``; the limits it leaves as None are the verifier's options.
 """
 
@@ -60,7 +60,7 @@ class SubprocessOptions(Options):
 
 
 class SubprocessVerifier:
-    """Runs each :class:`~rstar.types.CodeJob` in a fresh child process; see the module docstring."""
+    """Runs each `rstar.types.CodeJob` in a fresh child process; see the module docstring."""
 
     Options = SubprocessOptions
 
