@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import SHARED_DATA
+from rstar_data.loaders import HubDataset, HubOptions, JsonlDataset, JsonlOptions
+
+from rstar.errors import DataError, MissingExtraError
+
+
+def test_jsonl_limit_offset_and_types(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{"id": i, "question": f"q{i}", "answer": i * 2, "level": "easy"} for i in range(5)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    problems = JsonlDataset(JsonlOptions(path=str(path), offset=1, limit=2)).load()
+    assert [(p.id, p.question, p.answer, p.meta) for p in problems] == [
+        ("1", "q1", "2", {"level": "easy"}),
+        ("2", "q2", "4", {"level": "easy"}),
+    ]
+
+
+def test_list_answers_and_missing_ids(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"question": "roots?", "answer": [3, -3]}) + "\n")
+    (problem,) = JsonlDataset(JsonlOptions(path=str(path))).load()
+    assert problem.id == "0" and problem.answer == ["3", "-3"]
+
+
+def test_duplicate_ids_are_reported_with_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"id": 1, "question": "a"}\n{"id": 1, "question": "b"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: duplicate id '1'"):
+        JsonlDataset(JsonlOptions(path=str(path))).load()
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="needs ../shared/data")
+@pytest.mark.parametrize(("name", "count"), [("gsm8k", 1319), ("math500", 500), ("aime2024", 30), ("amc23", 40)])
+def test_shared_evaluation_sets_load(name, count):
+    problems = JsonlDataset(JsonlOptions(path=str(SHARED_DATA / f"{name}_test.jsonl"))).load()
+    assert len(problems) == count
+    assert all(p.question and p.answer is not None for p in problems)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
+def test_hub_dataset_without_the_extra_says_how_to_install_it():
+    with pytest.raises(MissingExtraError, match=r"\[datasets\]"):
+        HubDataset(HubOptions(path="openai/gsm8k")).load()
