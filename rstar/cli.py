@@ -176,8 +176,12 @@ def search(recipe: str, overrides: tuple[str, ...]) -> None:
         runner.progress.close()
     s = result.summary
     out.print(_summary_table([("search", s)]))
-    if s.get("seconds") and s.get("generated_tokens"):
-        out.print(f"generated {s['generated_tokens']} tokens in {s['seconds']} s")
+    acc = (
+        "n/a (no reference answers)"
+        if s["accuracy"] is None
+        else f"{s['accuracy']:.1%} ({s['correct']}/{s['problems']})"
+    )
+    out.print(f"accuracy: {acc}; generated {s['generated_tokens']} tokens in {s['seconds']} s")
     out.print(f"trees: {runner.output_dir / 'search' / 'trees.jsonl'}")
 
 

@@ -25,7 +25,7 @@ def test_quickstart_search_with_smollm2_on_three_problems(tmp_path):
         f"output_dir={out}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "accuracy" in proc.stdout
+    assert "accuracy: " in proc.stdout
     lines = (out / "search" / "trees.jsonl").read_text().splitlines()
     trees = [json.loads(line) for line in lines]
     assert [t["id"] for t in trees] == ["0", "1", "2"] or sorted(t["id"] for t in trees) == ["0", "1", "2"]
