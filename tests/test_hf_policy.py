@@ -444,3 +444,43 @@ def test_smollm2_gguf_end_to_end() -> None:
     assert any(s.finish_reason == "stop" for r in results for s in r.samples)
     assert gen(policy, *reqs) == results  # seeded: reproducible
     policy.close()
+
+
+# --- on a GPU --------------------------------------------------------------------------------------
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+def test_gpu_bf16_batched_generation(tiny_dir: Path) -> None:
+    """device auto picks the GPU and bf16; batched seeded sampling is repeatable and stops on stop strings."""
+    import torch
+
+    gpu = HFPolicy(HFPolicy.Options(model=str(tiny_dir)))
+    assert gpu.device.type == "cuda"
+    assert next(gpu.model.parameters()).dtype == torch.bfloat16
+    requests = [
+        GenerationRequest(
+            CORPUS[i % len(CORPUS)][:30], n=4, max_tokens=24, temperature=1.0, stop=("<end_of_step>",), seed=i
+        )
+        for i in range(16)
+    ]
+    first, second = gen(gpu, *requests), gen(gpu, *requests)
+    assert [len(r.samples) for r in first] == [4] * 16
+    assert first == second
+    for result in first:
+        for sample in result.samples:
+            assert sample.finish_reason in ("stop", "eos", "length")
+            assert sample.finish_reason != "stop" or sample.text.endswith("<end_of_step>")
+            assert 0 < sample.num_tokens <= 24
+    greedy = GenerationRequest(CORPUS[0][:20], n=1, max_tokens=12, temperature=0.0)
+    (alone,) = gen(gpu, greedy)
+    assert alone.samples[0].num_tokens > 0
+    gpu.close()
