@@ -104,3 +104,12 @@ def test_depth_limit_gives_a_too_many_steps_leaf():
 def test_reward_votes_fall_back_to_majority_without_a_reward_model(vote):
     tree = search(BestOfN(SamplingOptions(vote=vote)), world(["5 + 3", "5 - 3", "5 + 3"]), 3)
     assert tree.prediction == "8" and tree.usage.reward_calls == 0
+
+
+def test_without_a_reference_answer_correctness_is_unknown():
+    problem = Problem("u", "What is 5 plus 3?", None)
+    engine = Engine(Components(ScriptedPolicy(world(["5 + 3"])), FakeInProcessVerifier(), FakeExactChecker()))
+    strategy = BestOfN(SamplingOptions())
+    tree = asyncio.run(engine.run([problem], strategy, StepFormat.from_options(), Budget(samples=1)))[0]
+    assert tree.prediction == "8" and tree.correct is None
+    assert all(n.correct is None for n in tree.nodes)

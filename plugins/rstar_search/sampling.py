@@ -102,8 +102,8 @@ class BestOfN:
                 chain.steps.append(step)
 
         scores = await self._scores(problem, ctx, chains)
-        prediction = await self._choose(ctx, chains, scores)
-        return await _tree(problem, ctx, self.name, chains, scores, prediction)
+        chosen = await self._choose(ctx, chains, scores)
+        return await _tree(problem, ctx, self.name, chains, scores, chosen)
 
     async def _scores(self, problem: Problem, ctx: SearchContext, chains: list[_Chain]) -> dict[int, float]:
         if self.options.vote == "majority" or not ctx.has_reward_model:
@@ -113,18 +113,19 @@ class BestOfN:
         values = await ctx.score([RewardRequest(prompt, "".join(c.texts)) for c in answered])
         return {c.index: v for c, v in zip(answered, values, strict=True)}
 
-    async def _choose(self, ctx: SearchContext, chains: list[_Chain], scores: dict[int, float]) -> str | None:
+    async def _choose(self, ctx: SearchContext, chains: list[_Chain], scores: dict[int, float]) -> _Chain | None:
+        """The chain whose answer is chosen: best score, or the first of the winning vote group."""
         answered = [c for c in chains if c.answer is not None]
         if not answered:
             return None
         if self.options.vote == "reward" and scores:
-            return max(answered, key=lambda c: scores[c.index]).answer
+            return max(answered, key=lambda c: scores[c.index])
         groups = await equivalence_groups(ctx, [c.answer for c in answered if c.answer is not None])
         weight = (
             (lambda i: scores[answered[i].index]) if self.options.vote == "weighted" and scores else (lambda i: 1.0)
         )
         best = max(groups, key=lambda g: sum(weight(i) for i in g))
-        return answered[best[0]].answer
+        return answered[best[0]]
 
 
 class Greedy(BestOfN):
@@ -171,14 +172,15 @@ async def _tree(
     strategy: str,
     chains: list[_Chain],
     scores: dict[int, float],
-    prediction: str | None,
+    chosen: _Chain | None,
 ) -> Tree:
     answered = [c for c in chains if c.answer is not None]
-    checks = await ctx.check([(c.answer, problem.answer) for c in answered if c.answer is not None])
-    correct_of = {c.index: ok for c, ok in zip(answered, checks, strict=True)}
+    correct_of: dict[int, bool | None] = {c.index: None for c in answered}
     correct = None
-    if problem.answer is not None:
-        correct = False if prediction is None else (await ctx.check([(prediction, problem.answer)]))[0]
+    if problem.answer is not None:  # without a reference, correctness stays unknown (None)
+        checks = await ctx.check([(c.answer, problem.answer) for c in answered if c.answer is not None])
+        correct_of = {c.index: ok for c, ok in zip(answered, checks, strict=True)}
+        correct = False if chosen is None else correct_of[chosen.index]
     nodes = [Node(id="0", parent=None, depth=0, text="", visits=len(chains))]
     for chain in chains:
         for depth, (node_id, step) in enumerate(zip(chain.node_ids, chain.steps, strict=True), start=1):
@@ -203,7 +205,7 @@ async def _tree(
         question=problem.question,
         answer=problem.answer,
         strategy=strategy,
-        prediction=prediction,
+        prediction=chosen.answer if chosen else None,
         correct=correct,
         usage=ctx.usage,
         nodes=tuple(nodes),
