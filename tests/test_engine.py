@@ -87,3 +87,16 @@ def test_a_failing_component_fails_the_run_with_its_error():
         assert "engine exploded" in str(exc)
     else:
         raise AssertionError("expected the policy's error")
+
+
+def test_a_backend_that_batches_itself_gets_requests_as_they_come():
+    class EagerScriptedPolicy(ScriptedPolicy):
+        batches_itself = True
+
+    policy = EagerScriptedPolicy(adder)
+    engine = Engine(Components(policy, FakeInProcessVerifier(), FakeExactChecker()), max_in_flight=12, seed=7)
+    trees = asyncio.run(
+        engine.run(adder_problems(12), BestOfN(SamplingOptions()), StepFormat.from_options(), Budget(samples=4))
+    )
+    assert max(len(b) for b in policy.calls) < 48  # no waiting for every search to block
+    assert [comparable(t) for t in trees] == [comparable(t) for t in run_search(max_in_flight=12)[0]]
