@@ -1,0 +1,15 @@
+"""Bundled plugin: the SGLang policy backend (the offline ``sglang.Engine``)."""
+
+from __future__ import annotations
+
+from rstar import hookimpl
+from rstar.registry import RegisterFn
+
+
+@hookimpl
+def register_policies(register: RegisterFn) -> None:
+    register(
+        "sglang",
+        "rstar_sglang.policy:SGLangPolicy",
+        description="SGLang in-process on GPUs: radix prefix cache, tensor parallelism, optional async mode",
+    )

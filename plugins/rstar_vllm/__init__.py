@@ -1,0 +1,15 @@
+"""Bundled plugin: the vLLM policy backend (offline ``LLM`` or the async engine)."""
+
+from __future__ import annotations
+
+from rstar import hookimpl
+from rstar.registry import RegisterFn
+
+
+@hookimpl
+def register_policies(register: RegisterFn) -> None:
+    register(
+        "vllm",
+        "rstar_vllm.policy:VLLMPolicy",
+        description="vLLM in-process on GPUs: prefix caching, tensor parallelism, optional async engine",
+    )
