@@ -14,3 +14,4 @@ def register_search_strategies(register: RegisterFn) -> None:
         "rstar_search.sampling:BestOfN",
         description="N full solutions; majority vote, or best reward-model score",
     )
+    register("mcts", "rstar_search.mcts:MCTS", description="rStar-Math's Monte Carlo Tree Search over steps")

@@ -1,0 +1,310 @@
+"""``mcts``: rStar-Math's Monte Carlo Tree Search over steps (ALGORITHM.md section 4).
+
+One problem's tree is grown by ``budget.samples`` rollouts, each written as plain sequential code on
+the `SearchContext`; the engine batches the requests of all trees in flight, so there is no
+lock-step driver. Because the original's lock-step driver only synchronised independent trees, a
+tree grown here goes through exactly the same states as in the original (ALGORITHM.md 4.4):
+
+* a rollout starts with one selection step from the root (or stays at the root while it has no
+  children), then makes at most ``budget.max_depth`` steps; each step expands the current node if it
+  has no children (one policy request for ``expand_samples`` samples), then moves to its best child;
+  the rollout ends when the chosen child is terminal or no child is eligible (the node is then
+  "closed": marked terminal);
+* so the first rollout creates nodes down to depth ``max_depth``, and later rollouts can expand a
+  node at depth ``max_depth``, whose code children become "too many steps" leaves at ``max_depth + 1``
+  (an answer there is still a valid answer).
+
+Values (ALGORITHM.md 4.6, 4.7, 4.10): an invalid leaf gets -1 on itself only; in ``sampling`` mode an
+answer gets +1 or -1 from the reference answer, backed up to the root at once; with a reward model,
+each new non-terminal child gets the model's score as one visit (unless ``terminal_sample``), and in
+``test`` mode each answer gets the model's score, backed up to the root. The chosen answer is the
+answer node with the highest Q-value (ties: first in breadth-first order).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field
+
+from rstar.config import Options
+from rstar.engine import SearchContext
+from rstar.steps import ANSWER_END
+from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Sample, Tree
+from rstar_search.expand import make_steps
+
+
+class MCTSOptions(Options):
+    expand_samples: int = Field(4, ge=1, description="samples per expansion (the original's n_generate_sample)")
+    c: float = Field(2.0, ge=0, description="UCT exploration constant (the original's c_puct)")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature of the policy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    mode: Literal["sampling", "test"] = Field(
+        "sampling",
+        description="sampling: answers get +1/-1 from the reference answer (training data); "
+        "test: answers get the reward model's score and the reference is not used by the search",
+    )
+    errors_threshold: int = Field(
+        2, ge=1, description="consecutive erroring steps that make a 'too many code errors' leaf"
+    )
+    terminal_sample: bool = Field(
+        False, description="ignore the reward model for non-terminal nodes (no reward-model initial value)"
+    )
+    unvisited: Literal["zero", "inf"] = Field("zero", description="UCT score of an unvisited child: its Q (0) or +inf")
+    tie_break: Literal["first", "random"] = Field("first", description="equal UCT scores: earliest child or random")
+    invalid_backup: Literal["node", "path"] = Field(
+        "node", description="an invalid leaf's -1 updates the leaf only, or is backed up to the root"
+    )
+    dedupe: bool = Field(True, description="drop samples whose text repeats an earlier sample of the same request")
+    answer_collapse: bool = Field(
+        True, description="if a sample stopped on <end_of_answer>, keep only the first such sample"
+    )
+
+
+@dataclass(eq=False)
+class _Node:
+    """A node of the search tree with the original's statistics (ALGORITHM.md 4.1)."""
+
+    id: str
+    parent: _Node | None
+    depth: int
+    text: str = ""
+    output: str | None = None
+    terminal: bool = False
+    final_answer: str | None = None
+    valid_answer: bool = False
+    consecutive_errors: int = 0
+    children: list[_Node] = field(default_factory=list)
+    visits: int = 0
+    value_sum: float = 0.0
+    value: float | None = None
+    correct: bool | None = None
+
+    @property
+    def q(self) -> float:
+        return self.value_sum / self.visits if self.visits else 0.0
+
+    def update(self, v: float) -> None:
+        if self.value is None:
+            self.value = v
+        self.visits += 1
+        self.value_sum += v
+
+    def backup(self, v: float) -> None:
+        node: _Node | None = self
+        while node is not None:
+            node.update(v)
+            node = node.parent
+
+    def path_texts(self) -> list[str]:
+        texts: list[str] = []
+        node: _Node | None = self
+        while node is not None and node.parent is not None:
+            texts.append(node.text)
+            node = node.parent
+        return texts[::-1]
+
+
+def post_filter(samples: Sequence[Sample], *, dedupe: bool = True, answer_collapse: bool = True) -> list[Sample]:
+    """The original's per-request filter (ALGORITHM.md 2.3): drop repeated texts (the stop string is
+    not part of the comparison), then, if a sample stopped on ``<end_of_answer>``, keep only the first
+    such sample."""
+    kept = list(samples)
+    if dedupe:
+        seen: set[str] = set()
+        unique = []
+        for s in kept:
+            key = s.text[: len(s.text) - len(s.stop)] if s.stop and s.text.endswith(s.stop) else s.text
+            if key not in seen:
+                seen.add(key)
+                unique.append(s)
+        kept = unique
+    if answer_collapse:
+        answers = [s for s in kept if s.finish_reason == "stop" and s.stop == ANSWER_END]
+        if answers:
+            kept = answers[:1]
+    return kept
+
+
+class MCTS:
+    """rStar-Math's MCTS: ``budget.samples`` rollouts of UCT selection and expansion per problem."""
+
+    Options = MCTSOptions
+    name = "mcts"
+
+    def __init__(self, options: MCTSOptions) -> None:
+        self.options = options
+
+    async def search(self, problem: Problem, ctx: SearchContext) -> Tree:
+        return await _Search(self.options, problem, ctx).run()
+
+
+class _Search:
+    def __init__(self, options: MCTSOptions, problem: Problem, ctx: SearchContext) -> None:
+        self.opts = options
+        self.problem = problem
+        self.ctx = ctx
+        self.root = _Node("0", None, 0)
+        # Answers get ground-truth rewards only in sampling mode and only when a reference exists.
+        self.sampling = options.mode == "sampling" and problem.answer is not None
+        self.prompt = ctx.step_format.render_prompt(problem.question)
+        self.tie_rng = random.Random(f"{ctx.seed}:tie_break")
+
+    async def run(self) -> Tree:
+        max_depth = self.ctx.budget.max_depth
+        for _ in range(self.ctx.budget.samples):
+            node = self._select_from_root()
+            for _ in range(max_depth):
+                if node is None or node.terminal or node.depth > max_depth:
+                    break
+                if not node.children:
+                    await self._expand(node)
+                node = self._select_child(node)
+        return await self._tree()
+
+    # --- selection ---------------------------------------------------------------------------
+
+    def _select_from_root(self) -> _Node | None:
+        """The first move of a rollout: stay at a childless root, else one selection step."""
+        if not self.root.children and not self.root.terminal:
+            return self.root
+        return self._select_child(self.root)
+
+    def _uct(self, child: _Node, parent: _Node) -> float:
+        if child.visits == 0 and self.opts.unvisited == "inf":
+            return math.inf
+        if parent.visits > 0 and child.visits > 0:
+            return child.q + self.opts.c * math.sqrt(math.log(parent.visits) / child.visits)
+        return child.q
+
+    def _select_child(self, node: _Node) -> _Node | None:
+        """The best non-terminal child by UCT; with none, the node is closed (made terminal)."""
+        live = [ch for ch in node.children if not ch.terminal]
+        if not live:
+            node.terminal = True
+            return None
+        scores = [self._uct(ch, node) for ch in live]
+        best = max(scores)
+        tied = [ch for ch, s in zip(live, scores, strict=True) if s == best]
+        if self.opts.tie_break == "random" and len(tied) > 1:
+            return self.tie_rng.choice(tied)
+        return tied[0]
+
+    # --- expansion and evaluation ------------------------------------------------------------
+
+    async def _expand(self, node: _Node) -> None:
+        opts, ctx = self.opts, self.ctx
+        path = node.path_texts()
+        request = GenerationRequest(
+            prompt=ctx.step_format.render_prompt(self.problem.question, "".join(path)),
+            n=opts.expand_samples,
+            max_tokens=ctx.budget.max_step_tokens,
+            temperature=opts.temperature,
+            top_p=opts.top_p,
+            stop=ctx.step_format.stops,
+        )
+        (result,) = await ctx.generate([request])
+        samples = post_filter(result.samples, dedupe=opts.dedupe, answer_collapse=opts.answer_collapse)
+        parent = (path, node.depth, node.consecutive_errors)
+        steps = await make_steps(ctx, [parent] * len(samples), samples, errors_threshold=opts.errors_threshold)
+
+        children = []
+        for k, step in enumerate(steps, start=1):
+            child = _Node(
+                f"{node.id}.{k}",
+                node,
+                node.depth + 1,
+                text=step.text,
+                output=step.output,
+                terminal=step.terminal,
+                final_answer=step.final_answer,
+                valid_answer=step.is_valid_answer,
+                consecutive_errors=step.consecutive_errors,
+            )
+            children.append(child)
+        node.children.extend(children)
+
+        answers = [ch for ch in children if ch.valid_answer]
+        if self.sampling and answers:
+            verdicts = await ctx.check([(ch.final_answer or "", self.problem.answer) for ch in answers])
+            for ch, ok in zip(answers, verdicts, strict=True):
+                ch.correct = ok
+
+        to_score: list[_Node] = []
+        for ch in children:
+            if ch.terminal and not ch.valid_answer:  # too many errors / steps, or no stop string
+                if opts.invalid_backup == "path":
+                    ch.backup(-1.0)
+                else:
+                    ch.update(-1.0)
+            elif ch.valid_answer and self.sampling:
+                ch.backup(1.0 if ch.correct else -1.0)
+            elif ch.valid_answer:
+                to_score.append(ch)
+        if ctx.has_reward_model and not opts.terminal_sample:
+            to_score.extend(ch for ch in children if not ch.terminal)
+        if not ctx.has_reward_model or not to_score:
+            return  # test mode without a reward model: answers stay unscored
+        values = await ctx.score([RewardRequest(self.prompt, "".join([*path, ch.text])) for ch in to_score])
+        for ch, v in zip(to_score, values, strict=True):
+            if ch.valid_answer:
+                ch.backup(v)
+            else:
+                ch.update(v)
+
+    # --- output ------------------------------------------------------------------------------
+
+    async def _tree(self) -> Tree:
+        order = self._bfs()
+        answers = [n for n in order if n.valid_answer]
+        if self.problem.answer is not None:
+            unchecked = [n for n in answers if n.correct is None]
+            if unchecked:
+                verdicts = await self.ctx.check([(n.final_answer or "", self.problem.answer) for n in unchecked])
+                for n, ok in zip(unchecked, verdicts, strict=True):
+                    n.correct = ok
+        chosen = max(answers, key=lambda n: n.q) if answers else None  # max keeps the first of equals
+        correct = None
+        if self.problem.answer is not None:
+            correct = bool(chosen.correct) if chosen is not None else False
+        nodes = tuple(
+            Node(
+                id=n.id,
+                parent=n.parent.id if n.parent is not None else None,
+                depth=n.depth,
+                text=n.text,
+                output=n.output,
+                visits=n.visits,
+                q_value=n.q,
+                value=n.value,
+                terminal=n.terminal,
+                final_answer=n.final_answer,
+                correct=n.correct if n.valid_answer else None,
+            )
+            for n in order
+        )
+        return Tree(
+            id=self.problem.id,
+            question=self.problem.question,
+            answer=self.problem.answer,
+            strategy=MCTS.name,
+            prediction=chosen.final_answer if chosen is not None else None,
+            correct=correct,
+            usage=self.ctx.usage,
+            nodes=nodes,
+        )
+
+    def _bfs(self) -> list[_Node]:
+        order = [self.root]
+        i = 0
+        while i < len(order):
+            order.extend(order[i].children)
+            i += 1
+        return order
+
+
+__all__ = ["MCTS", "MCTSOptions", "post_filter"]
