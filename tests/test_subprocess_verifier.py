@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -136,35 +137,94 @@ def test_environment_is_scrubbed(verifier, monkeypatch):
 
 def test_jobs_run_concurrently_up_to_max_workers():
     v = SubprocessVerifier(SubprocessOptions(max_workers=2))
-    start = time.monotonic()
-    verdicts = asyncio.run(v.run([CodeJob(f"import time\ntime.sleep(0.5)\n{i}") for i in range(4)]))
-    elapsed = time.monotonic() - start
+    try:
+        asyncio.run(v.run([CodeJob("1"), CodeJob("2")]))  # start both warm workers
+        assert len(v._workers) == 2
+        start = time.monotonic()
+        verdicts = asyncio.run(v.run([CodeJob(f"import time\ntime.sleep(0.5)\n{i}") for i in range(4)]))
+        elapsed = time.monotonic() - start
+    finally:
+        v.close()
     assert [x.output for x in verdicts] == ["0\n", "1\n", "2\n", "3\n"]
     assert 1.0 <= elapsed < 1.9  # two waves of two
+    assert len(v._workers) == 0
 
 
-def test_leftover_children_are_killed(verifier, tmp_path):
-    pid_file = tmp_path / "pid"
-    program = (
-        f"import subprocess\np = subprocess.Popen(['sleep', '60'])\nopen({str(pid_file)!r}, 'w').write(str(p.pid))"
-    )
-    assert run1(verifier, program).status == "ok"
-    pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 2
-    while alive(pid) and time.monotonic() < deadline:
+def stray_processes(pattern: str) -> list[int]:
+    """Live processes below this one whose command line contains ``pattern``."""
+    return [pid for pid in descendants(os.getpid()) if pattern in cmdline(pid)]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (zombies left out)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def wait_until(predicate, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
-    assert not alive(pid)
+    return True
 
 
-def test_close_kills_running_jobs(tmp_path):
-    v = SubprocessVerifier(SubprocessOptions())
-    pid_file = tmp_path / "pid"
-    program = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
+@pytest.mark.parametrize("isolation", ["auto", "none"])
+def test_leftover_children_and_daemons_are_killed(isolation):
+    before = set(descendants(os.getpid()))
+    v = SubprocessVerifier(SubprocessOptions(isolation=isolation))
+    program = (
+        "import os, subprocess, time\n"
+        "subprocess.Popen(['sleep', '61'])\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.execvp('sleep', ['sleep', '62'])\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.2)\n"
+        "print('started')"
+    )
+    try:
+        verdict = run1(v, program)
+        assert (verdict.status, verdict.output) == ("ok", "started\n")
+        assert wait_until(lambda: not stray_processes("sleep 6"))
+        assert run1(v, "2 + 2").output == "4\n", "the worker goes on"
+    finally:
+        v.close()
+    assert wait_until(lambda: set(descendants(os.getpid())) <= before), "processes left behind"
+
+
+@pytest.mark.parametrize("isolation", ["auto", "none"])
+def test_close_kills_running_jobs_and_workers(isolation):
+    before = set(descendants(os.getpid()))
+    v = SubprocessVerifier(SubprocessOptions(isolation=isolation))
 
     async def scenario() -> Verdict:
-        task = asyncio.ensure_future(v.run([CodeJob(program, timeout_s=30)]))
-        while not pid_file.exists() or not pid_file.read_text():
-            await asyncio.sleep(0.05)
+        task = asyncio.ensure_future(v.run([CodeJob("import time\ntime.sleep(60)", timeout_s=30)]))
+        while not any(w.job_pid for w in v._workers):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
         v.close()
         return (await task)[0]
 
@@ -172,7 +232,54 @@ def test_close_kills_running_jobs(tmp_path):
     verdict = asyncio.run(scenario())
     assert verdict.status == "killed"
     assert time.monotonic() - start < 5
-    assert not alive(int(pid_file.read_text()))
+    assert wait_until(lambda: set(descendants(os.getpid())) <= before), "processes left behind"
+
+
+def test_no_state_leaks_between_jobs(verifier):
+    first, second = asyncio.run(
+        verifier.run(
+            [CodeJob("import math\nmath.sqrt = lambda x: -1\nleaked = 1"), CodeJob("import math\nmath.sqrt(4)")]
+        )
+    )
+    assert first.status == "ok"
+    assert second.output == "2.0\n"
+    third = run1(verifier, "import math\nprint(math.sqrt(9), 'leaked' in globals())")
+    assert third.output == "3.0 False\n"
+
+
+def test_preloaded_modules_cost_no_import(verifier):
+    run1(verifier, "1")  # start the worker
+    verdict = run1(verifier, "import sympy, numpy\nsympy.Rational(1, 3) + numpy.int64(1)")
+    assert verdict.output == "4/3\n"
+    assert verdict.duration_s < 0.25
+
+
+def test_random_state_differs_between_jobs(verifier):
+    a, b = asyncio.run(verifier.run([CodeJob("import random\nrandom.random()")] * 2))
+    assert a.output != b.output
+
+
+def test_a_dead_worker_is_replaced(verifier):
+    assert run1(verifier, "1").output == "1\n"
+    for worker in list(verifier._workers):
+        worker.process.kill()
+        worker.process.wait()
+    assert run1(verifier, "2").output == "2\n"
+
+
+def test_isolation_none_warns_once(monkeypatch, caplog):
+    import rstar_sandbox.subprocess_verifier as module
+
+    monkeypatch.setattr(module, "bwrap_works", lambda: False)
+    monkeypatch.setattr(module, "_warned", False)
+    with caplog.at_level("WARNING"):
+        first = SubprocessVerifier(SubprocessOptions(isolation="auto"))
+        second = SubprocessVerifier(SubprocessOptions(isolation="auto"))
+    assert first.isolation == second.isolation == "none"
+    warnings = [r for r in caplog.records if "NOT a security boundary" in r.getMessage()]
+    assert len(warnings) == 1
+    with pytest.raises(RstarError, match="bubblewrap"):
+        SubprocessVerifier(SubprocessOptions(isolation="bwrap"))
 
 
 def test_missing_interpreter_is_an_error():
@@ -229,3 +336,26 @@ def test_runs_from_a_thread_and_in_later_event_loops(verifier):
     thread.start()
     thread.join()
     assert out[0].output == "4\n"
+
+
+def test_a_worker_that_cannot_start_is_an_error():
+    v = SubprocessVerifier(SubprocessOptions(python="false"))
+    try:
+        with pytest.raises(RstarError, match="failed to start"):
+            run1(v, "1")
+    finally:
+        v.close()
+
+
+def test_a_missing_preload_module_is_skipped():
+    v = SubprocessVerifier(SubprocessOptions(preload=["no_such_module_anywhere", "math"]))
+    try:
+        assert run1(v, "import math\nmath.floor(2.5)").output == "2\n"
+    finally:
+        v.close()
+
+
+def test_usable_again_after_close(verifier):
+    assert run1(verifier, "1").output == "1\n"
+    verifier.close()
+    assert run1(verifier, "2").output == "2\n"

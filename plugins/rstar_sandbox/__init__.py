@@ -11,7 +11,12 @@ def register_verifiers(register: RegisterFn) -> None:
     register(
         "subprocess",
         "rstar_sandbox.subprocess_verifier:SubprocessVerifier",
-        description="each job in a fresh Python process with a timeout",
+        description="each job forked from a warm, sandboxed (bubblewrap) worker, with limits and a deadline",
+    )
+    register(
+        "docker",
+        "rstar_sandbox.docker_verifier:DockerVerifier",
+        description="the subprocess verifier's warm workers, each in a locked-down container",
     )
 
 

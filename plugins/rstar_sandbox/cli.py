@@ -60,3 +60,45 @@ async def _run_and_close(verifier: Any, jobs: list[CodeJob]) -> list[Any]:
 def _job(program: str, timeout: float | None) -> CodeJob:
     """A job with the verifier's own limits, except the time limit when --timeout is given."""
     return CodeJob(program=program, timeout_s=timeout)
+
+
+@sandbox.command(name="build-image")
+@click.option("--tag", default="rstar-sandbox:latest", show_default=True, help="name of the image to create")
+@click.option("--suite", default="bookworm", show_default=True, help="Debian release to install")
+@click.option("--mirror", default="http://deb.debian.org/debian", show_default=True, help="Debian mirror")
+@click.option(
+    "--packages",
+    default="python3,python3-sympy,python3-numpy",
+    show_default=True,
+    help="comma-separated Debian packages to install",
+)
+def build_image(tag: str, suite: str, mirror: str, packages: str) -> None:
+    """Build the docker verifier's image without a registry: debootstrap a minimal Debian, then import it.
+
+    Needs root, debootstrap and a running Docker engine; the mirror may be a local one.
+    """
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+
+    from rstar_sandbox.docker_verifier import _client
+
+    if shutil.which("debootstrap") is None:
+        raise click.ClickException("debootstrap is not installed (Debian/Ubuntu: apt-get install debootstrap)")
+    client = _client()
+    with tempfile.TemporaryDirectory(prefix="rstar-image-") as tmp:
+        root = f"{tmp}/root"
+        command = ["debootstrap", "--variant=minbase", f"--include={packages}", suite, root, mirror]
+        click.echo(f"$ {' '.join(command)}", err=True)
+        if subprocess.run(command, check=False).returncode != 0:
+            raise click.ClickException("debootstrap failed (see above)")
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(f"{root}/{cache}", ignore_errors=True)
+        archive = f"{tmp}/root.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(root, arcname=".")
+        repository, _, version = tag.rpartition(":") if ":" in tag.split("/")[-1] else (tag, "", "latest")
+        client.api.import_image(src=archive, repository=repository, tag=version)
+    image = client.images.get(tag)
+    click.echo(f"built {tag} ({image.id[:19]})")

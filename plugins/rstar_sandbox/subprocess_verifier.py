@@ -1,12 +1,19 @@
-"""The ``subprocess`` step verifier: each program in a fresh, resource-limited Python process.
+"""The ``subprocess`` step verifier: each program in a forked, resource-limited, sandboxed process.
 
-One job = one child process (``python -c <worker.py>``), started in its own session (so the whole
-process group can be killed) in a fresh temporary directory that is removed afterwards, with a
-minimal environment (nothing of the parent's environment is passed on). The program goes in on
-stdin; inside the child, `rstar_sandbox.worker` limits address space and CPU time and runs the
-program like a notebook cell. The parent enforces the wall-clock deadline and the output cap from
-outside and reads the verdict from a pipe separate from the program's stdout, so what the program
-prints cannot pose as a verdict.
+The verifier keeps up to ``max_workers`` warm workers ("zygotes", `rstar_sandbox.worker`), each a
+long-lived Python process that has imported the ``preload`` modules (math, fractions, sympy, numpy)
+once and, where bubblewrap works, runs inside it: read-only root, private ``/tmp``, no network, its
+own PID namespace, dying with rstar. A job goes to an idle worker, which forks one child for it; the
+child starts a new session in a fresh temporary directory, drops root, limits itself (address space,
+CPU time, file size, open files, processes), runs the program like a notebook cell and exits. A
+forked child shares nothing with the next job's child, so no state leaks between jobs; imports the
+worker made cost nothing.
+
+From outside, the parent enforces the wall-clock deadline (it has the worker kill the job's whole
+process tree, and kills the whole worker, sandbox included, when that does not happen in time), caps
+the output (a verdict says ``output_limit``), and reads the verdict from a pipe separate from the
+program's stdout, so what the program prints cannot pose as a verdict. A worker that dies is
+replaced; `SubprocessVerifier.close` leaves no process behind.
 
 Limits: a `rstar.types.CodeJob` may set its own ``timeout_s``, ``memory_mb`` and
 ``max_output_bytes``; the limits it leaves as None are the verifier's options.
@@ -14,24 +21,31 @@ Limits: a `rstar.types.CodeJob` may set its own ``timeout_s``, ``memory_mb`` and
 
 from __future__ import annotations
 
+import array
 import asyncio
 import codecs
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
+import logging
 import math
 import os
+import select
 import shutil
 import signal
+import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -39,41 +53,72 @@ from rstar.config import Options
 from rstar.errors import RstarError
 from rstar.types import CodeJob, Verdict, VerdictStatus
 
+log = logging.getLogger(__name__)
+
 WORKER_SOURCE_PATH = Path(__file__).with_name("worker.py")
 STDERR_TAIL_BYTES = 4096
 READ_CHUNK = 65536
 DRAIN_GRACE_S = 1.0
-"""After the child exits, how long to wait for its pipes to close (a grandchild outside the group may hold them)."""
+"""After the job ends, how long to wait for its pipes to close and its directory to be removed."""
+KILL_GRACE_S = 2.0
+"""How long the worker has to kill a job it was told to kill before the whole worker is killed."""
+START_TIMEOUT_S = 120.0
+"""How long a new worker may take to import its ``preload`` modules."""
+DEFAULT_PRELOAD = ("math", "fractions", "sympy", "numpy")
 
 _MEMORY_HINTS = ("memoryerror", "cannot allocate memory", "bad_alloc", "out of memory", "memory allocation")
 """Lower-case phrases on stderr that tell a crash from running out of memory (e.g. OpenBLAS exits with 1)."""
+
+Isolation = Literal["auto", "bwrap", "none"]
 
 
 class SubprocessOptions(Options):
     """Options of the ``subprocess`` verifier. The limits are defaults for the jobs it builds."""
 
     timeout_s: float = Field(10.0, gt=0, description="default wall-clock limit of a job, in seconds")
-    memory_mb: int = Field(2048, ge=16, description="default address-space limit of a job (RLIMIT_AS), in MiB")
+    memory_mb: int = Field(
+        2048, ge=16, description="default memory a job may map (RLIMIT_AS) on top of the warm worker's, in MiB"
+    )
     max_output_bytes: int = Field(65536, ge=0, description="default cap on a job's stdout, in bytes")
-    max_workers: int = Field(2, ge=1, description="jobs run at the same time")
+    max_workers: int = Field(2, ge=1, description="jobs run at the same time (one warm worker each)")
     python: str | None = Field(None, description="Python interpreter that runs the jobs (default: rstar's own)")
+    isolation: Isolation = Field(
+        "auto", description="'bwrap' (bubblewrap sandbox), 'none' (rlimits only), or 'auto' (bwrap when it works)"
+    )
+    preload: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PRELOAD),
+        description="modules each warm worker imports once, so that jobs importing them pay nothing",
+    )
+    max_processes: int = Field(64, ge=1, description="processes and threads one job may run (RLIMIT_NPROC)")
+    max_file_mb: int = Field(64, ge=1, description="largest file a job may write (RLIMIT_FSIZE), in MiB")
+    max_open_files: int = Field(256, ge=16, description="files a job may hold open at once (RLIMIT_NOFILE)")
 
 
 class SubprocessVerifier:
-    """Runs each `rstar.types.CodeJob` in a fresh child process; see the module docstring."""
+    """Runs each `rstar.types.CodeJob` in a child forked from a warm worker; see the module docstring."""
 
     Options = SubprocessOptions
 
     def __init__(self, options: SubprocessOptions | None = None) -> None:
         self.options = options if options is not None else SubprocessOptions()
         self._python = _resolve_python(self.options.python)
+        self.isolation: str = _choose_isolation(self.options.isolation)
+        # Jobs started as root run as 'nobody' (then RLIMIT_NPROC holds and they cannot signal their worker),
+        # which needs the interpreter's files readable by others: bubblewrap hides closed directories on the
+        # way (e.g. /root) behind a tmpfs that shows only those paths; without it, such an install keeps root.
+        self._hidden = _closed_ancestors(_interpreter_paths(self._python))
+        self._drop_root = os.geteuid() == 0 and (self.isolation == "bwrap" or not self._hidden)
+        self._init_pool()
+
+    def _init_pool(self) -> None:
         self._worker_source = WORKER_SOURCE_PATH.read_text(encoding="utf-8")
-        self._running: set[int] = set()  # process groups (= pids of the children) still alive
-        self._closed_groups: set[int] = set()
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._workers: set[_Worker] = set()
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
-        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _close_workers, self._workers)
 
     def _with_limits(self, job: CodeJob) -> CodeJob:
         """The job with every limit it leaves unset taken from this verifier's options."""
@@ -93,12 +138,17 @@ class SubprocessVerifier:
         return list(results)  # type: ignore[arg-type]
 
     def close(self) -> None:
-        """Kill every process group still running; their jobs end with status ``killed``."""
-        for group in list(self._running):
-            self._closed_groups.add(group)
-            _kill_group(group)
+        """Kill every worker and every job still running (their verdicts say ``killed``).
 
-    # --- one job ------------------------------------------------------------------------------
+        The verifier stays usable: a later `run` starts new workers.
+        """
+        with self._lock:
+            workers = list(self._workers)
+            self._workers.clear()
+            self._idle.clear()
+        _close_workers(workers)
+
+    # --- workers ------------------------------------------------------------------------------
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -108,127 +158,171 @@ class SubprocessVerifier:
                 sem = self._semaphores[loop] = asyncio.Semaphore(self.options.max_workers)
             return sem
 
+    async def _acquire(self) -> _Worker:
+        with self._lock:
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.alive():
+                    return worker
+                self._workers.discard(worker)
+                worker.kill()
+        loop = asyncio.get_running_loop()
+        worker = await loop.run_in_executor(_starter(), self._start_worker)
+        with self._lock:
+            self._workers.add(worker)
+        return worker
+
+    def _release(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker.alive() and worker in self._workers:
+                self._idle.append(worker)
+                return
+            self._workers.discard(worker)
+        worker.kill()
+
+    def _start_worker(self) -> _Worker:
+        config = {"preload": list(self.options.preload), "env": _child_env(), "drop_root": self._drop_root}
+        command = [self._python, "-s", "-B", "-X", "utf8", "-c", self._worker_source]
+        return _Worker.start(command, config, self.isolation, self._hidden)
+
+    # --- one job ------------------------------------------------------------------------------
+
     async def _run_one(self, job: CodeJob) -> Verdict:
         job = self._with_limits(job)
         async with self._semaphore():
-            workdir = tempfile.mkdtemp(prefix="rstar-sandbox-")
+            worker = await self._acquire()
             try:
-                return await self._spawn_and_supervise(job, workdir)
+                return await self._run_on(worker, job)
             finally:
-                _remove_tree(workdir)
+                self._release(worker)
 
-    async def _spawn_and_supervise(self, job: CodeJob, workdir: str) -> Verdict:
-        loop = asyncio.get_running_loop()
-        read_fd, write_fd = os.pipe()
-        cpu_s = math.ceil(job.timeout_s) + 1  # the wall-clock deadline should normally fire first
+    async def _run_on(self, worker: _Worker, job: CodeJob) -> Verdict:
+        assert job.timeout_s is not None and job.memory_mb is not None and job.max_output_bytes is not None
+        cpu_s = _cpu_seconds(job)
+        limits = {
+            "memory_mb": job.memory_mb,
+            "cpu_s": cpu_s,
+            "file_mb": self.options.max_file_mb,
+            "open_files": self.options.max_open_files,
+            "processes": self.options.max_processes,
+        }
+        pipes = [os.pipe() for _ in range(5)]  # stdin, stdout, stderr, verdict channel, status
+        ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0], pipes[4][0]]
+        theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1], pipes[4][1]]
         start = time.monotonic()
+        fds = _FdSet(ours)
         try:
             try:
-                transport, protocol = await loop.subprocess_exec(
-                    lambda: _ExitAwareProtocol(loop),
-                    *self._command(write_fd, job.memory_mb, cpu_s),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    cwd=workdir,
-                    env=_child_env(workdir),
-                    start_new_session=True,
-                    pass_fds=(write_fd,),
-                )
-            except OSError as exc:
-                raise RstarError(f"subprocess verifier: cannot start {self._python!r}: {exc}") from exc
+                worker.send(limits, theirs)
             finally:
-                os.close(write_fd)
-            proc = asyncio.subprocess.Process(transport, protocol, loop)
-            self._running.add(proc.pid)
-            try:
-                return await self._supervise(proc, protocol.exited, job, read_fd, start)
-            finally:
-                _kill_group(proc.pid)
-                await protocol.exited
-                transport.close()  # our ends of the pipes, even if something outside the group still holds theirs
-                self._running.discard(proc.pid)
-                self._closed_groups.discard(proc.pid)
+                for fd in theirs:
+                    os.close(fd)
+            return await self._supervise(worker, job, fds, start)
+        except OSError:  # the worker died before it got the job
+            worker.kill()
+            return Verdict("killed", "", "ProcessError: the sandbox worker died", time.monotonic() - start)
         finally:
-            os.close(read_fd)
+            fds.close_all()
 
-    def _command(self, channel_fd: int, memory_mb: int, cpu_s: int) -> list[str]:
-        # -s: no user site-packages; -B: no .pyc writes; -u: output reaches the parent even if the child is killed
-        # -X utf8: UTF-8 stdio whatever the locale. PYTHON* variables come only from _child_env.
-        source = self._worker_source
-        return [self._python, "-s", "-B", "-u", "-X", "utf8", "-c", source, str(channel_fd), str(memory_mb), str(cpu_s)]
-
-    async def _supervise(
-        self, proc: asyncio.subprocess.Process, exited: asyncio.Future[None], job: CodeJob, channel: int, start: float
-    ) -> Verdict:
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    async def _supervise(self, worker: _Worker, job: CodeJob, fds: _FdSet, start: float) -> Verdict:
+        assert job.timeout_s is not None and job.max_output_bytes is not None
+        stdin_w, stdout_r, stderr_r, channel_r, status_r = fds.fds
+        loop = asyncio.get_running_loop()
         output = bytearray()
         overflow = False
         stderr_tail = bytearray()
+        exit_code: int | None = None
+        exited: asyncio.Future[None] = loop.create_future()
+        status_buffer = bytearray()
+        workdir = ""
+        limit = job.max_output_bytes
 
-        async def read_stdout() -> None:
+        def on_stdout(chunk: bytes) -> bool:
             nonlocal overflow
-            assert proc.stdout is not None
-            while chunk := await proc.stdout.read(READ_CHUNK):
-                room = job.max_output_bytes - len(output)
-                if len(chunk) > room:
-                    output.extend(chunk[:room])
-                    overflow = True
-                    _kill_group(proc.pid)
-                    return
-                output.extend(chunk)
+            room = limit - len(output)
+            if len(chunk) > room:
+                output.extend(chunk[:room])
+                overflow = True
+                worker.kill_job()
+                return False
+            output.extend(chunk)
+            return True
 
-        async def read_stderr() -> None:
-            assert proc.stderr is not None
-            while chunk := await proc.stderr.read(READ_CHUNK):
-                stderr_tail.extend(chunk)
-                del stderr_tail[:-STDERR_TAIL_BYTES]
+        def on_stderr(chunk: bytes) -> bool:
+            stderr_tail.extend(chunk)
+            del stderr_tail[:-STDERR_TAIL_BYTES]
+            return True
 
-        tasks = [
-            asyncio.ensure_future(_feed(proc.stdin, job.program.encode("utf-8", "replace"))),
-            asyncio.ensure_future(read_stdout()),
-            asyncio.ensure_future(read_stderr()),
+        def on_status(chunk: bytes) -> bool:
+            nonlocal exit_code, workdir
+            status_buffer.extend(chunk)
+            *lines, rest = bytes(status_buffer).split(b"\n")
+            status_buffer[:] = rest
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    message = json.loads(line)
+                    if isinstance(message, dict) and "pid" in message:
+                        worker.job_pid = int(message["pid"])
+                        workdir = str(message.get("workdir", ""))
+                    if isinstance(message, dict) and "exit" in message:
+                        exit_code = int(message["exit"])
+                        _resolve(exited)
+            return True
+
+        feed = asyncio.ensure_future(_write_all(stdin_w, job.program.encode("utf-8", "replace"), fds.close))
+        readers = [
+            asyncio.ensure_future(_read_all(stdout_r, on_stdout)),
+            asyncio.ensure_future(_read_all(stderr_r, on_stderr)),
         ]
+        status_task = asyncio.ensure_future(_read_all(status_r, on_status))
+        status_task.add_done_callback(lambda _: _resolve(exited))
+        timed_out = False
         try:
             try:
                 await asyncio.wait_for(asyncio.shield(exited), timeout=job.timeout_s)
-                timed_out = False
             except asyncio.TimeoutError:
                 timed_out = True
-                _kill_group(proc.pid)
-                await exited
+                worker.kill_job()
+                await asyncio.wait([exited], timeout=KILL_GRACE_S)
             duration = time.monotonic() - start
-            _kill_group(proc.pid)  # whatever the program left running in its group
-            await asyncio.wait(tasks, timeout=DRAIN_GRACE_S)
+            # The worker closes the status pipe once the job's processes are gone and its directory removed.
+            await asyncio.wait([status_task], timeout=KILL_GRACE_S if exit_code is not None else DRAIN_GRACE_S)
+            if not status_task.done() or exit_code is None:
+                worker.kill()  # hung or dead: replace it (killing it kills its whole sandbox)
+            await asyncio.wait(readers, timeout=DRAIN_GRACE_S)
         finally:
-            for task in tasks:
+            for task in [feed, *readers, status_task]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(feed, *readers, status_task, return_exceptions=True)
+            worker.job_pid = None
+            if worker.closed and self.isolation == "none" and workdir.startswith(tempfile.gettempdir()):
+                _remove_tree(workdir)  # the worker died before removing it (in bubblewrap, /tmp dies with it)
 
         text = _decode(bytes(output), complete=not overflow)
         if overflow:
-            return Verdict(
-                "output_limit", text, f"OutputLimitError: output exceeded {job.max_output_bytes} bytes", duration
-            )
+            return Verdict("output_limit", text, f"OutputLimitError: output exceeded {limit} bytes", duration)
         if timed_out:
             return Verdict("timeout", text, f"TimeoutError: time limit of {job.timeout_s:g} s exceeded", duration)
-        ready, reported = _read_channel(channel)
+        ready, reported = _read_channel(channel_r)
         if reported is not None:
             status, error = reported
             return Verdict(status, text, error, duration)
-        return self._abnormal_end(proc, job, text, ready, bytes(stderr_tail), duration)
+        return self._abnormal_end(worker, exit_code, job, text, ready, bytes(stderr_tail), duration)
 
     def _abnormal_end(
-        self, proc: asyncio.subprocess.Process, job: CodeJob, text: str, ready: bool, stderr: bytes, duration: float
+        self, worker: _Worker, code: int | None, job: CodeJob, text: str, ready: bool, stderr: bytes, duration: float
     ) -> Verdict:
-        """The child ended without reporting a verdict: killed, crashed, or the sandbox is broken."""
-        code = proc.returncode
-        assert code is not None
-        if proc.pid in self._closed_groups:
+        """The job ended without reporting a verdict: killed, crashed, or the sandbox is broken."""
+        if worker.retired:
             return Verdict("killed", text, "ProcessError: killed because the verifier was closed", duration)
+        if code is None:
+            return Verdict("killed", text, "ProcessError: the sandbox worker died during the job", duration)
         if code < 0 and -code == signal.SIGXCPU:
             return Verdict(
-                "timeout", text, f"TimeoutError: CPU time limit of {math.ceil(job.timeout_s) + 1} s exceeded", duration
+                "timeout",
+                text,
+                f"TimeoutError: CPU time limit of {_cpu_seconds(job)} s exceeded",
+                duration,
             )
         if not ready:
             if code < 0:
@@ -236,7 +330,9 @@ class SubprocessVerifier:
                     "killed", text, f"ProcessError: killed by {_signal_name(-code)} before starting", duration
                 )
             detail = stderr.decode("utf-8", "replace").strip() or f"exit code {code}"
-            raise RstarError(f"subprocess verifier: the sandbox worker failed to start ({self._python}): {detail}")
+            raise RstarError(
+                f"subprocess verifier: the sandbox worker failed to start a job ({self._python}): {detail}"
+            )
         stderr_text = stderr.decode("utf-8", "replace").lower()
         if any(hint in stderr_text for hint in _MEMORY_HINTS):
             return Verdict("memory", text, f"MemoryError: memory limit of {job.memory_mb} MiB exceeded", duration)
@@ -244,24 +340,273 @@ class SubprocessVerifier:
         return Verdict("killed", text, f"ProcessError: the program {how} before finishing", duration)
 
 
-class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's stream protocol plus ``exited``, resolved when the child exits.
+class _Worker:
+    """One warm worker process (inside bubblewrap or not) and the socket that hands it jobs."""
 
-    ``Process.wait()`` also waits for the child's pipes to close, which never happens while a
-    grandchild holds them; the deadline must follow the child itself.
+    def __init__(self, process: subprocess.Popen[bytes] | None, control: socket.socket, isolation: str) -> None:
+        self.process = process
+        self.control = control
+        self.isolation = isolation
+        self.closed = False
+        self.retired = False  # killed by the verifier's close()
+        self.job_pid: int | None = None  # the running job's pid, as the worker sees it
+
+    @classmethod
+    def start(cls, command: list[str], config: dict[str, Any], isolation: str, hidden: dict[str, set[str]]) -> _Worker:
+        # The worker's own stderr goes to a file, so that it can never block on it; read only if it fails to start.
+        with tempfile.TemporaryFile() as errors:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                argv = [*command, str(theirs.fileno()), json.dumps(config)]
+                if isolation == "bwrap":
+                    argv = [*_bwrap_prefix(hidden), *argv]
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                    pass_fds=(theirs.fileno(),),
+                    env=_child_env(),
+                    cwd="/",
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                ours.close()
+                raise RstarError(f"subprocess verifier: cannot start {command[0]!r}: {exc}") from exc
+            finally:
+                theirs.close()
+            ours.settimeout(START_TIMEOUT_S)
+            try:
+                hello = ours.recv(4096)
+            except OSError:
+                hello = b""
+            if not hello:
+                _kill_process(process)
+                ours.close()
+                errors.seek(0)
+                detail = errors.read().decode("utf-8", "replace").strip()[-2000:]
+                raise RstarError(
+                    f"subprocess verifier: the sandbox worker failed to start: {detail or 'no reason given'}"
+                )
+        ours.settimeout(None)
+        return cls(process, ours, isolation)
+
+    def alive(self) -> bool:
+        """Not killed, and its control socket has no pending end (a dead worker's socket reads as closed)."""
+        if self.closed or (self.process is not None and self.process.poll() is not None):
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            readable, _, _ = select.select([self.control], [], [], 0)
+            return not readable
+        return False
+
+    def send(self, limits: dict[str, int], fds: list[int]) -> None:
+        payload = json.dumps(limits).encode()
+        self.control.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+
+    def kill_job(self) -> None:
+        """Have the worker kill the running job's whole tree; kill its process group from here too where we can."""
+        with contextlib.suppress(OSError):
+            self.control.send(b'{"kill": true}')
+        if self.isolation == "none" and self.job_pid is not None:
+            _kill_group(self.job_pid)
+
+    def kill(self) -> None:
+        """Kill the worker, its sandbox and every job in it (in a PID namespace they all die with it)."""
+        self.closed = True
+        if self.isolation == "none" and self.job_pid is not None:
+            with contextlib.suppress(OSError):
+                self.control.send(b'{"kill": true}')
+            _kill_group(self.job_pid)
+        with contextlib.suppress(OSError):
+            self.control.shutdown(socket.SHUT_RDWR)
+        self.control.close()
+        if self.process is not None:
+            _kill_process(self.process)
+
+
+@functools.cache
+def _starter() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that starts every worker. bubblewrap's --die-with-parent follows the thread that started
+    it, so that thread must live as long as rstar does (an event loop's default executor does not)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rstar-sandbox-starter")
+
+
+def _close_workers(workers: Any) -> None:
+    for worker in list(workers):
+        worker.retired = True
+        worker.kill()
+
+
+# --- reading and writing pipes from any event loop --------------------------------------------------
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _wait_fd(fd: int, writable: bool) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if writable:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        if writable:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _read_all(fd: int, sink: Callable[[bytes], bool]) -> None:
+    """Read ``fd`` to its end (or until ``sink`` returns False), chunk by chunk."""
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            await _wait_fd(fd, writable=False)
+            continue
+        if not chunk or not sink(chunk):
+            return
+
+
+class _FdSet:
+    """Our ends of a job's pipes; each is closed exactly once (a second close could hit a reused number)."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = list(fds)
+        self._open = set(fds)
+
+    def close(self, fd: int) -> None:
+        if fd in self._open:
+            self._open.discard(fd)
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                self.close(fd)
+
+
+async def _write_all(fd: int, data: bytes, close: Callable[[int], None]) -> None:
+    """Write ``data`` to ``fd``, then close it (through ``close``) so the reader sees its end."""
+    os.set_blocking(fd, False)
+    try:
+        while data:
+            try:
+                data = data[os.write(fd, data) :]
+            except BlockingIOError:
+                await _wait_fd(fd, writable=True)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the job ended before reading everything; its verdict says why
+    finally:
+        with contextlib.suppress(OSError):
+            close(fd)
+
+
+# --- isolation ------------------------------------------------------------------------------------
+
+
+def _bwrap_prefix(hidden: dict[str, set[str]] | None = None) -> list[str]:
+    """bubblewrap: read-only root, fresh /dev, /proc and /tmp, no network, own PID namespace, dies with rstar.
+
+    ``hidden``: directories others may not enter, each replaced by a tmpfs that shows only the listed entries.
     """
+    bwrap = shutil.which("bwrap") or "bwrap"
+    args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for directory in sorted(hidden or {}, key=lambda d: d.count(os.sep)):
+        args += ["--tmpfs", directory]
+        for entry in sorted((hidden or {})[directory]):
+            path = os.path.join(directory, entry)
+            args += ["--ro-bind", path, path]
+    args += ["--die-with-parent", "--new-session", "--chdir", "/"]
+    if os.geteuid() == 0:
+        # No user namespace, so that the worker can drop each job to 'nobody'; only the capabilities that needs.
+        args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        args += ["--cap-drop", "ALL"]
+        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
+            args += ["--cap-add", cap]
+    else:
+        args += ["--unshare-all"]
+    return args
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=READ_CHUNK, loop=loop)
-        self.exited: asyncio.Future[None] = loop.create_future()
 
-    def process_exited(self) -> None:
-        super().process_exited()
-        if not self.exited.done():
-            self.exited.set_result(None)
+@functools.cache
+def bwrap_works() -> bool:
+    """Whether bubblewrap is installed and can start a sandbox here (some containers forbid namespaces)."""
+    if shutil.which("bwrap") is None:
+        return False
+    try:
+        result = subprocess.run([*_bwrap_prefix(), "true"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
+
+
+_warned = False
+
+
+def _choose_isolation(isolation: Isolation) -> Literal["bwrap", "none"]:
+    global _warned
+    if isolation == "none":
+        return "none"
+    if bwrap_works():
+        return "bwrap"
+    if isolation == "bwrap":
+        raise RstarError(
+            "subprocess verifier: isolation 'bwrap' asked for, but bubblewrap is not installed or cannot create "
+            "namespaces here (Debian/Ubuntu: apt-get install bubblewrap)"
+        )
+    if not _warned:
+        _warned = True
+        log.warning(
+            "subprocess verifier: bubblewrap is not available, so model-written code runs with rlimits only. "
+            "That is NOT a security boundary: it can read and write your files and use the network. "
+            "Install bubblewrap (apt-get install bubblewrap) or use the docker verifier."
+        )
+    return "none"
 
 
 # --- helpers ----------------------------------------------------------------------------------------
+
+
+def _interpreter_paths(python: str) -> list[str]:
+    """What a job's interpreter reads: its own directory and, when it is rstar's, every import path."""
+    paths = [os.path.dirname(os.path.realpath(python))]
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        paths += [sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]
+    return [os.path.realpath(p) for p in paths if p and os.path.isdir(p)]
+
+
+def _closed_ancestors(paths: Sequence[str]) -> dict[str, set[str]]:
+    """Directories on the way to ``paths`` that others may not enter, each with the entries that lead on."""
+    closed: dict[str, set[str]] = {}
+    for path in paths:
+        parts = Path(path).parts
+        for depth in range(1, len(parts)):
+            directory = os.path.join(*parts[:depth])
+            try:
+                mode = os.stat(directory).st_mode
+            except OSError:
+                break
+            if not mode & stat.S_IXOTH and not directory.startswith(tempfile.gettempdir()):
+                closed.setdefault(directory, set()).add(parts[depth])
+    return closed
+
+
+def _cpu_seconds(job: CodeJob) -> int:
+    """The job's CPU-time limit: a second more than its wall-clock limit, which should normally fire first."""
+    return math.ceil(job.timeout_s or 0) + 1
 
 
 def _resolve_python(python: str | None) -> str:
@@ -275,12 +620,10 @@ def _resolve_python(python: str | None) -> str:
     return found
 
 
-def _child_env(workdir: str) -> dict[str, str]:
+def _child_env() -> dict[str, str]:
     """A fresh environment: nothing from the parent's (no tokens, no keys), one thread per math library."""
     return {
         "PATH": os.defpath,
-        "HOME": workdir,
-        "TMPDIR": workdir,
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONHASHSEED": "0",  # printed sets and dicts of strings come out the same on every run
@@ -292,18 +635,8 @@ def _child_env(workdir: str) -> dict[str, str]:
     }
 
 
-async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
-    try:
-        stdin.write(data)
-        await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the child ended before reading everything; its verdict says why
-    finally:
-        stdin.close()
-
-
 def _read_channel(fd: int) -> tuple[bool, tuple[VerdictStatus, str] | None]:
-    """What the worker reported: whether it got ready, and its verdict (status, error) if it sent one."""
+    """What the job reported: whether it got ready, and its verdict (status, error) if it sent one."""
     os.set_blocking(fd, False)
     data = bytearray()
     with contextlib.suppress(BlockingIOError):
@@ -333,15 +666,16 @@ def _kill_group(group: int) -> None:
         os.killpg(group, signal.SIGKILL)
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+def _kill_process(process: subprocess.Popen[bytes]) -> None:
+    _kill_group(process.pid)
+    with contextlib.suppress(OSError):
+        process.kill()
+    with contextlib.suppress(subprocess.SubprocessError):
+        process.wait(timeout=5)
 
 
 def _remove_tree(path: str) -> None:
-    """Remove the job's directory even where the program took away its own permissions."""
+    """Remove a job's directory even where the program took away its own permissions."""
 
     def make_writable_and_retry(func: Any, target: str, _exc: Any) -> None:
         with contextlib.suppress(OSError):
@@ -350,7 +684,15 @@ def _remove_tree(path: str) -> None:
                 os.chmod(target, stat.S_IRWXU)
             func(target)
 
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=make_writable_and_retry)
-    else:
-        shutil.rmtree(path, onerror=make_writable_and_retry)
+    with contextlib.suppress(OSError):
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=make_writable_and_retry)
+        else:
+            shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

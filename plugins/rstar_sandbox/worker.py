@@ -1,31 +1,55 @@
-"""The program run inside each sandbox process of the ``subprocess`` verifier.
+"""The warm worker ("zygote") of the ``subprocess`` verifier; it runs inside the sandbox.
 
-The parent starts ``python -c <this file's source> CHANNEL_FD MEMORY_MB CPU_S`` in a fresh session
-and temporary directory, sends the untrusted program on stdin and closes it. This script
+The parent starts ``python -c <this file's source> CONTROL_FD CONFIG_JSON`` (inside bubblewrap when
+available; in a container, CONTROL is the path of a Unix socket to connect to). This script
 
-1. reads the whole program (so the program itself sees an empty stdin),
-2. limits its own address space (``RLIMIT_AS``), CPU time (``RLIMIT_CPU``) and core dumps,
-3. writes ``ready`` to the result channel (an inherited pipe, separate from stdout),
-4. runs the program like a notebook cell: every statement is executed and, when the last top-level
-   statement is an expression whose value is not None, ``str(value)`` is printed,
-5. writes one JSON line ``{"status": ..., "error": ...}`` to the channel and exits at once (threads
-   the program started do not keep it alive).
+1. imports the modules named in the config's ``preload`` (math, fractions, sympy, numpy, ...) once,
+   makes itself a child subreaper (orphans of its jobs become its children, so it can end them),
+   and sends ``ready`` on the control socket (a Unix ``SOCK_SEQPACKET`` socket);
+2. waits for messages on that socket: a job (a JSON header with the limits and, passed as file
+   descriptors, the job's stdin, stdout, stderr, verdict channel and status pipe), or ``kill``;
+3. for each job, forks one child that starts a new session, enters a fresh temporary directory,
+   drops root (to ``nobody``) when it has it, sets its rlimits (address space on top of what the
+   worker already mapped, CPU time, file size, open files, processes, no core dumps), reseeds the
+   random generators, reads the program from stdin, writes ``ready`` to the verdict channel, runs
+   the program like a notebook cell (the value of a trailing expression is printed) and writes one
+   JSON line ``{"status": ..., "error": ...}`` to the channel;
+4. when the child exits (or on ``kill``), kills every process the job left (its whole tree), writes
+   ``{"exit": CODE}`` (negative: killed by that signal) to the status pipe, removes the job's
+   directory and closes the status pipe: that EOF tells the parent the slot is free again.
 
-The program's stdout goes to the parent untouched; the parent enforces the wall-clock deadline and
-the output cap. Only the standard library is used, and the source stays valid for Python 3.8+
-because the sandbox interpreter may be another one than rstar's.
+A forked child has its own copy of everything, so nothing a job does (rebinding ``math.sqrt``,
+leaving globals) reaches the next one. When the control socket closes (the parent is gone), the
+worker kills its job and exits. Only the standard library is used; the source stays valid for
+Python 3.8+ because the sandbox interpreter may be another one than rstar's.
 """
 
+import array
 import ast
 import builtins
 import contextlib
+import ctypes
+import gc
+import importlib
+import io
 import json
 import os
+import random
 import resource
+import select
+import shutil
+import signal
+import socket
+import stat
 import sys
+import tempfile
 
 MAX_ERROR_CHARS = 2000
 FILENAME = "<program>"
+NOBODY = 65534
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+JOB_FDS = 5  # stdin, stdout, stderr, verdict channel, status
 
 
 def describe(exc):
@@ -39,16 +63,6 @@ def describe(exc):
     if len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + "..."
     return text
-
-
-def set_limits(memory_mb, cpu_s):
-    """Soft = hard for memory so the program cannot raise it; one extra CPU second between SIGXCPU and SIGKILL."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if memory_mb > 0:
-        limit = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    if cpu_s > 0:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
 
 
 def run(source):
@@ -90,14 +104,99 @@ def send(fd, data):
         data = data[os.write(fd, data) :]
 
 
-def main():
-    channel = int(sys.argv[1])
-    memory_mb = int(sys.argv[2])
-    cpu_s = int(sys.argv[3])
-    source = sys.stdin.buffer.read().decode("utf-8", "replace")
-    set_limits(memory_mb, cpu_s)
-    pid = os.getpid()
-    send(channel, b"ready\n")
+def prctl(option, value):
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def mapped_bytes():
+    """The address space this process has mapped already (VmSize), in bytes."""
+    with contextlib.suppress(Exception), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def processes_of(uid):
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat("/proc/" + entry).st_uid == uid:
+                    count += 1
+    return count
+
+
+def set_limits(limits, uid):
+    """Soft = hard, so the program cannot raise them; one extra CPU second between SIGXCPU and SIGKILL."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if limits["memory_mb"] > 0:
+        room = mapped_bytes() + limits["memory_mb"] * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (room, room))
+    if limits["cpu_s"] > 0:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
+    if limits["file_mb"] > 0:
+        size = limits["file_mb"] * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    if limits["open_files"] > 0:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
+    if limits["processes"] > 0:
+        # RLIMIT_NPROC counts every process of the user; as nobody that is (almost) only the job's.
+        count = limits["processes"] + (0 if uid == NOBODY else processes_of(uid))
+        resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
+
+
+def child_main(config, limits, fds, workdir, closing):
+    """The forked job process; never returns."""
+    stdin_fd, stdout_fd, stderr_fd, channel, status_fd = fds
+    try:
+        os.setsid()
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        for fd in closing:
+            os.close(fd)
+        os.close(status_fd)
+        os.dup2(stdin_fd, 0)
+        os.dup2(stdout_fd, 1)
+        os.dup2(stderr_fd, 2)
+        for fd in (stdin_fd, stdout_fd, stderr_fd):
+            if fd > 2:
+                os.close(fd)
+        os.chdir(workdir)
+        os.environ.clear()
+        os.environ.update(config["env"])
+        os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PWD": workdir})
+        tempfile.tempdir = None
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="surrogateescape")
+        sys.stdout = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="surrogateescape", write_through=True
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True
+        )
+        with io.FileIO(0, "r", closefd=False) as raw:
+            source = raw.read().decode("utf-8", "replace")
+        uid = os.getuid()
+        if uid == 0 and config["drop_root"]:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            uid = NOBODY
+        set_limits(limits, uid)
+        random.seed()
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            with contextlib.suppress(Exception):
+                numpy.random.seed()
+        pid = os.getpid()
+        send(channel, b"ready\n")
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            os.write(2, ("sandbox worker: cannot start the job: " + describe(exc) + "\n").encode())
+        os._exit(70)
 
     status, error = run(source)
 
@@ -113,6 +212,176 @@ def main():
         send(channel, verdict + b"\n")
     finally:
         os._exit(0)
+
+
+def descendants():
+    """The pids of every process below this one (orphans of a job are re-parented here: subreaper)."""
+    me = os.getpid()
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/" + entry + "/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        ppid = int(data.rsplit(b")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found = []
+    todo = list(children.get(me, ()))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def reap_all():
+    """Reap every child that has exited; return ``{pid: exit code}`` (negative: killed by that signal)."""
+    ended = {}
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return ended
+        if pid == 0:
+            return ended
+        ended[pid] = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status
+
+
+def has_children():
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def kill_everything(job_pid):
+    """SIGKILL the job's process group and every descendant, until none is left."""
+    with contextlib.suppress(OSError):
+        os.killpg(job_pid, signal.SIGKILL)
+    for _ in range(200):
+        reap_all()
+        if not has_children():  # as a subreaper, anything left below would have a live or unreaped child here
+            return
+        pids = descendants()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        reap_all()
+
+
+def remove_tree(path):
+    def make_writable_and_retry(func, target, _exc):
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(target), stat.S_IRWXU)
+            if os.path.isdir(target) and not os.path.islink(target):
+                os.chmod(target, stat.S_IRWXU)
+            func(target)
+
+    with contextlib.suppress(OSError):
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=make_writable_and_retry)
+        else:
+            shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+class Job:
+    def __init__(self, pid, status_fd, workdir):
+        self.pid = pid
+        self.status_fd = status_fd
+        self.workdir = workdir
+        self.code = None
+
+
+def finish(job):
+    kill_everything(job.pid)
+    with contextlib.suppress(OSError):
+        send(job.status_fd, json.dumps({"exit": job.code if job.code is not None else -9}).encode() + b"\n")
+    remove_tree(job.workdir)
+    os.close(job.status_fd)
+
+
+def main():
+    if sys.argv[1].startswith("/"):  # a Unix socket to connect to (the docker verifier binds its directory in)
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        control.connect(sys.argv[1])
+    else:
+        control = socket.socket(fileno=int(sys.argv[1]))
+    config = json.loads(sys.argv[2])
+    for name in config["preload"]:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:  # its first seeding is slow (lazy set-up); pay it here, not in every job
+        with contextlib.suppress(Exception):
+            numpy.random.seed()
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    gc.collect()
+    if hasattr(gc, "freeze"):  # the preloaded objects: a job's collections skip them instead of copying their pages
+        gc.freeze()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+
+    job = None
+    while True:
+        readable, _, _ = select.select([control, wake_r], [], [])
+        if wake_r in readable:
+            with contextlib.suppress(OSError):
+                while os.read(wake_r, 4096):
+                    pass
+        if job is not None:
+            ended = reap_all()
+            if job.pid in ended:
+                job.code = ended[job.pid]
+                finish(job)
+                job = None
+        else:
+            reap_all()
+        if control not in readable:
+            continue
+        fds = array.array("i")
+        try:
+            data, ancillary, _, _ = control.recvmsg(1 << 20, socket.CMSG_SPACE(JOB_FDS * fds.itemsize))
+        except InterruptedError:
+            continue
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+        if not data:  # the parent is gone
+            if job is not None:
+                finish(job)
+            os._exit(0)
+        message = json.loads(data)
+        if message.get("kill"):
+            if job is not None:
+                finish(job)
+                job = None
+            continue
+        if job is not None or len(fds) != JOB_FDS:  # the parent never does this; refuse rather than guess
+            for fd in fds:
+                os.close(fd)
+            continue
+        workdir = tempfile.mkdtemp(prefix="rstar-sandbox-")
+        if os.getuid() == 0 and config["drop_root"]:
+            os.chown(workdir, NOBODY, NOBODY)
+        pid = os.fork()
+        if pid == 0:
+            child_main(config, message, list(fds), workdir, [control.fileno(), wake_r, wake_w])
+        for fd in fds[:4]:
+            os.close(fd)
+        job = Job(pid, fds[4], workdir)
+        with contextlib.suppress(OSError):
+            send(job.status_fd, json.dumps({"pid": pid, "workdir": workdir}).encode() + b"\n")
 
 
 if __name__ == "__main__":
