@@ -359,3 +359,18 @@ def test_usable_again_after_close(verifier):
     assert run1(verifier, "1").output == "1\n"
     verifier.close()
     assert run1(verifier, "2").output == "2\n"
+
+
+def test_an_interpreter_under_tmp_is_bound_back_into_the_private_tmp(tmp_path):
+    from rstar_sandbox.subprocess_verifier import _bwrap_prefix, _under_tmp
+
+    venv = tmp_path / "checkout" / ".venv"
+    (venv / "lib").mkdir(parents=True)
+    visible = _under_tmp([str(venv), str(venv / "lib"), "/usr/lib"])
+    assert visible == [os.path.realpath(venv)]
+    args = _bwrap_prefix({}, visible)
+    bind = args.index("--ro-bind", args.index("--tmpfs"))
+    assert args[bind : bind + 3] == ["--ro-bind", visible[0], visible[0]]
+    # the folders on the way are created passable for jobs that run as 'nobody'
+    parent = os.path.dirname(visible[0])
+    assert ["--perms", "0755", "--dir", parent] == args[bind - 4 : bind]

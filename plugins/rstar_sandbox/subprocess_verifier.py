@@ -107,6 +107,9 @@ class SubprocessVerifier:
         # which needs the interpreter's files readable by others: bubblewrap hides closed directories on the
         # way (e.g. /root) behind a tmpfs that shows only those paths; without it, such an install keeps root.
         self._hidden = _closed_ancestors(_interpreter_paths(self._python))
+        # bubblewrap gives each worker a private /tmp: an interpreter or virtual environment that lives under
+        # the temporary directory (a CI checkout, say) is bound back in, read-only.
+        self._visible = _under_tmp([*_interpreter_paths(self._python), os.path.dirname(os.path.abspath(self._python))])
         self._drop_root = os.geteuid() == 0 and (self.isolation == "bwrap" or not self._hidden)
         self._init_pool()
 
@@ -183,7 +186,7 @@ class SubprocessVerifier:
     def _start_worker(self) -> _Worker:
         config = {"preload": list(self.options.preload), "env": _child_env(), "drop_root": self._drop_root}
         command = [self._python, "-s", "-B", "-X", "utf8", "-c", self._worker_source]
-        return _Worker.start(command, config, self.isolation, self._hidden)
+        return _Worker.start(command, config, self.isolation, self._hidden, self._visible)
 
     # --- one job ------------------------------------------------------------------------------
 
@@ -352,14 +355,21 @@ class _Worker:
         self.job_pid: int | None = None  # the running job's pid, as the worker sees it
 
     @classmethod
-    def start(cls, command: list[str], config: dict[str, Any], isolation: str, hidden: dict[str, set[str]]) -> _Worker:
+    def start(
+        cls,
+        command: list[str],
+        config: dict[str, Any],
+        isolation: str,
+        hidden: dict[str, set[str]],
+        visible: Sequence[str] = (),
+    ) -> _Worker:
         # The worker's own stderr goes to a file, so that it can never block on it; read only if it fails to start.
         with tempfile.TemporaryFile() as errors:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 argv = [*command, str(theirs.fileno()), json.dumps(config)]
                 if isolation == "bwrap":
-                    argv = [*_bwrap_prefix(hidden), *argv]
+                    argv = [*_bwrap_prefix(hidden, visible), *argv]
                 process = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -517,13 +527,24 @@ async def _write_all(fd: int, data: bytes, close: Callable[[int], None]) -> None
 # --- isolation ------------------------------------------------------------------------------------
 
 
-def _bwrap_prefix(hidden: dict[str, set[str]] | None = None) -> list[str]:
+def _bwrap_prefix(hidden: dict[str, set[str]] | None = None, visible: Sequence[str] = ()) -> list[str]:
     """bubblewrap: read-only root, fresh /dev, /proc and /tmp, no network, own PID namespace, dies with rstar.
 
     ``hidden``: directories others may not enter, each replaced by a tmpfs that shows only the listed entries.
+    ``visible``: paths under /tmp to bind back in, read-only, over the fresh /tmp (the interpreter's files).
     """
     bwrap = shutil.which("bwrap") or "bwrap"
     args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in visible:
+        # bubblewrap would create the folders on the way as 0700; jobs run as 'nobody' must pass through them.
+        parent = os.path.dirname(path)
+        ancestors = []
+        while parent not in ("/tmp", "/", ""):
+            ancestors.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(ancestors):
+            args += ["--perms", "0755", "--dir", directory]
+        args += ["--ro-bind", path, path]
     for directory in sorted(hidden or {}, key=lambda d: d.count(os.sep)):
         args += ["--tmpfs", directory]
         for entry in sorted((hidden or {})[directory]):
@@ -586,6 +607,13 @@ def _interpreter_paths(python: str) -> list[str]:
     if os.path.realpath(python) == os.path.realpath(sys.executable):
         paths += [sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]
     return [os.path.realpath(p) for p in paths if p and os.path.isdir(p)]
+
+
+def _under_tmp(paths: Sequence[str]) -> list[str]:
+    """The outermost of ``paths`` that lie under /tmp (which bubblewrap replaces), without nested ones."""
+    tmp = os.path.realpath("/tmp") + os.sep
+    inside = sorted({p for p in (os.path.realpath(q) for q in paths) if p.startswith(tmp) and os.path.isdir(p)})
+    return [p for i, p in enumerate(inside) if not any(p.startswith(q + os.sep) for q in inside[:i])]
 
 
 def _closed_ancestors(paths: Sequence[str]) -> dict[str, set[str]]:
