@@ -17,8 +17,9 @@ from typing import Any
 import pydantic
 import pytest
 import rstar_vllm
-from rstar_vllm.policy import VLLMOptions, VLLMPolicy, keep_stop, plan_prompts
+from rstar_vllm.policy import VLLMOptions, VLLMPolicy
 
+from rstar.backends import keep_stop, plan_prompts
 from rstar.errors import MissingExtraError, RstarError
 from rstar.plugins import make_plugin_manager
 from rstar.registry import Registry

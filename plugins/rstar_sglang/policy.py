@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field
-from rstar_vllm.policy import (
+
+from rstar.backends import (
     SEED_STRIDE,
     Dtype,
     LongPrompts,
@@ -43,7 +44,6 @@ from rstar_vllm.policy import (
     skipped_result,
     stop_sample,
 )
-
 from rstar.config import Options
 from rstar.errors import MissingExtraError, RstarError
 from rstar.types import GenerationRequest, GenerationResult, Sample

@@ -1,0 +1,150 @@
+"""Helpers for policy backends that serve a model with a fixed context: fitting prompts into it one
+request at a time, keeping stop strings, and per-sample seeds. Used by the bundled ``vllm`` and ``sglang``
+policies; plugin authors writing another engine backend can use them too.
+
+Nothing here imports an engine: tokenizers are passed in, and transformers/torch are imported only by the
+functions that need them.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rstar.types import GenerationRequest, GenerationResult, Sample
+
+log = logging.getLogger(__name__)
+
+LongPrompts = Literal["truncate", "skip"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+SEED_STRIDE = 1000003
+"""Sample ``i`` of a request with seed ``s`` uses ``s * SEED_STRIDE + i`` where samples are seeded one by one."""
+
+BYTES_MARGIN = 16
+"""A prompt of B UTF-8 bytes has at most B + BYTES_MARGIN tokens (each token covers at least one byte,
+plus special tokens and a SentencePiece prefix space), so such prompts are checked without tokenizing."""
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """How one request goes to an engine.
+
+    ``prompt`` is the request's text, or token ids after a cut from the left, or None when the
+    request is skipped. ``max_tokens`` is the request's, capped to the room left in the context.
+    ``prompt_tokens`` is the prompt's length where it was counted (None where it was not).
+    """
+
+    prompt: str | list[int] | None
+    max_tokens: int
+    prompt_tokens: int | None = None
+    truncated: bool = False
+
+
+def plan_prompts(
+    requests: Sequence[GenerationRequest],
+    encode: Callable[[str], list[int]] | None,
+    max_len: int | None,
+    long_prompts: LongPrompts,
+    bos_token_id: int | None = None,
+) -> list[PromptPlan]:
+    """Fit each request into a context of ``max_len`` tokens, independently of the others.
+
+    A prompt fits when it leaves room for ``max_tokens`` new tokens (for half the context where
+    ``max_tokens`` is larger); ``max_tokens`` is then capped to the room left. A prompt that does not fit is skipped
+    (``long_prompts='skip'``) or cut from the left to leave that room, keeping its end and a leading
+    BOS token (``'truncate'``). Prompts short enough in bytes are not tokenized.
+    """
+    plans = []
+    for req in requests:
+        if max_len is None or encode is None:
+            plans.append(PromptPlan(req.prompt, req.max_tokens))
+            continue
+        if len(req.prompt.encode("utf-8")) + BYTES_MARGIN + req.max_tokens <= max_len:
+            plans.append(PromptPlan(req.prompt, req.max_tokens))
+            continue
+        ids = list(encode(req.prompt))
+        room = min(req.max_tokens, max(1, max_len // 2))
+        if len(ids) + room <= max_len:
+            plans.append(PromptPlan(req.prompt, min(req.max_tokens, max_len - len(ids)), len(ids)))
+        elif long_prompts == "skip" or max_len - room < 1:
+            plans.append(PromptPlan(None, 0, len(ids)))
+        else:
+            keep = max_len - room
+            head = 1 if bos_token_id is not None and ids[:1] == [bos_token_id] and keep > 1 else 0
+            kept = ids[:head] + ids[len(ids) - (keep - head) :]
+            plans.append(PromptPlan(kept, min(req.max_tokens, max_len - len(kept)), len(kept), truncated=True))
+    return plans
+
+
+def report_long_prompts(backend: str, plans: Sequence[PromptPlan], max_len: int | None) -> None:
+    """Log one warning per batch naming how many prompts were skipped or cut."""
+    skipped = sum(p.prompt is None for p in plans)
+    cut = sum(p.truncated for p in plans)
+    if skipped:
+        log.warning(
+            "%s policy: skipped %d of %d prompts too long for the %s-token context "
+            "(their samples are empty, finish_reason 'length')",
+            backend,
+            skipped,
+            len(plans),
+            max_len,
+        )
+    if cut:
+        log.warning(
+            "%s policy: cut %d of %d prompts from the left to fit the %s-token context",
+            backend,
+            cut,
+            len(plans),
+            max_len,
+        )
+
+
+def skipped_result(req: GenerationRequest, plan: PromptPlan) -> GenerationResult:
+    """The answer to a skipped request: ``n`` empty samples that ended on length."""
+    return GenerationResult(tuple(Sample("", "length") for _ in range(req.n)), prompt_tokens=plan.prompt_tokens or 0)
+
+
+def keep_stop(text: str, stop: str) -> str:
+    """``text`` ending with ``stop`` exactly once: cut after its last occurrence, or append it if absent."""
+    at = text.rfind(stop)
+    if at < 0:
+        return text + stop
+    return text[: at + len(stop)]
+
+
+def stop_sample(text: str, stop: str, num_tokens: int) -> Sample:
+    """A sample that ended on the stop string ``stop``."""
+    return Sample(keep_stop(text, stop), "stop", stop, num_tokens)
+
+
+def encoder_of(tokenizer: Any) -> Callable[[str], list[int]] | None:
+    """``text -> token ids`` with the tokenizer's special tokens, as the engines tokenize prompts."""
+    if tokenizer is None or not callable(getattr(tokenizer, "encode", None)):
+        return None
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text))
+
+    return encode
+
+
+def load_hf_tokenizer(source: str, trust_remote_code: bool) -> Any:
+    """The Hugging Face tokenizer of ``source`` (transformers comes with both engines)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def release_gpu_memory() -> None:
+    """Collect garbage and return cached CUDA memory, where torch is present."""
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
