@@ -52,6 +52,7 @@ from pydantic import Field
 from rstar.config import Options
 from rstar.errors import RstarError
 from rstar.types import CodeJob, Verdict, VerdictStatus
+from rstar_sandbox.worker import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ class SubprocessVerifier:
             await asyncio.gather(feed, *readers, status_task, return_exceptions=True)
             worker.job_pid = None
             if worker.closed and self.isolation == "none" and workdir.startswith(tempfile.gettempdir()):
-                _remove_tree(workdir)  # the worker died before removing it (in bubblewrap, /tmp dies with it)
+                remove_tree(workdir)  # the worker died before removing it (in bubblewrap, /tmp dies with it)
 
         text = _decode(bytes(output), complete=not overflow)
         if overflow:
@@ -700,23 +701,6 @@ def _kill_process(process: subprocess.Popen[bytes]) -> None:
         process.kill()
     with contextlib.suppress(subprocess.SubprocessError):
         process.wait(timeout=5)
-
-
-def _remove_tree(path: str) -> None:
-    """Remove a job's directory even where the program took away its own permissions."""
-
-    def make_writable_and_retry(func: Any, target: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(target), stat.S_IRWXU)
-            if os.path.isdir(target) and not os.path.islink(target):
-                os.chmod(target, stat.S_IRWXU)
-            func(target)
-
-    with contextlib.suppress(OSError):
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=make_writable_and_retry)
-        else:
-            shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
 def _signal_name(number: int) -> str:
