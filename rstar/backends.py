@@ -1,6 +1,7 @@
-"""Helpers for policy backends that serve a model with a fixed context: fitting prompts into it one
-request at a time, keeping stop strings, and per-sample seeds. Used by the bundled ``vllm`` and ``sglang``
-policies; plugin authors writing another engine backend can use them too.
+"""Helpers for policy backends. `find_stop` finds the stop string that ends a sample (the ``hf``,
+``openai`` and scripted policies use it). For engines with a fixed context (the bundled ``vllm`` and
+``sglang``): fitting prompts into it one request at a time, keeping stop strings, per-sample seeds.
+Plugin authors writing another backend can use them too.
 
 Nothing here imports an engine: tokenizers are passed in, and transformers/torch are imported only by the
 functions that need them.
@@ -148,3 +149,23 @@ def release_gpu_memory() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def find_stop(text: str, stops: Sequence[str], old_len: int = 0) -> tuple[int, str] | None:
+    """The earliest-ending stop string occurrence in ``text``: ``(end, stop)``, or None.
+
+    For text that grows (streaming, decoding), pass ``old_len``: ``text[:old_len]`` was searched
+    before and holds no stop string, so only occurrences that overlap the new text are considered.
+    On a tie (two stop strings ending at the same place) the longer one wins.
+    """
+    best: tuple[int, str] | None = None
+    for stop in stops:
+        if not stop:
+            continue
+        start = text.find(stop, max(0, old_len - len(stop) + 1))
+        if start < 0:
+            continue
+        end = start + len(stop)
+        if best is None or end < best[0] or (end == best[0] and len(stop) > len(best[1])):
+            best = (end, stop)
+    return best

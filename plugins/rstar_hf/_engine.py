@@ -37,9 +37,10 @@ from typing import Any
 
 import torch
 
+from rstar.backends import find_stop
 from rstar.types import FinishReason, GenerationRequest, GenerationResult, Sample
 from rstar_hf import _attention, _kv
-from rstar_hf._text import IncrementalText, find_stop
+from rstar_hf._text import IncrementalText
 
 log = logging.getLogger("rstar_hf")
 

@@ -4,7 +4,7 @@ Decoding a row's whole continuation after every token costs O(length) per token;
 keep the cost per token constant. :class:`IncrementalText` turns a token stream into the text that
 continues the prompt, the way a streaming server does: it decodes a short window of recent tokens
 and appends only what that window adds, holding back tokens that end inside a multi-byte character.
-:func:`find_stop` then looks for stop strings only where new text could complete one.
+`rstar.backends.find_stop` then looks for stop strings only where new text could complete one.
 """
 
 from __future__ import annotations
@@ -69,23 +69,3 @@ class IncrementalText:
     def has_pending(self) -> bool:
         """Whether pushed tokens are not in ``text`` yet (they end inside a character)."""
         return len(self._ids) > self._read_offset
-
-
-def find_stop(text: str, stops: Sequence[str], old_len: int) -> tuple[int, str] | None:
-    """The earliest-ending stop string occurrence that ends after ``old_len``: ``(end, stop)``.
-
-    ``text[:old_len]`` was searched before and holds no stop string, so only occurrences that
-    overlap the new text are considered. On a tie (two stop strings ending at the same place) the
-    longer one wins.
-    """
-    best: tuple[int, str] | None = None
-    for stop in stops:
-        if not stop:
-            continue
-        start = text.find(stop, max(0, old_len - len(stop) + 1))
-        if start < 0:
-            continue
-        end = start + len(stop)
-        if best is None or end < best[0] or (end == best[0] and len(stop) > len(best[1])):
-            best = (end, stop)
-    return best

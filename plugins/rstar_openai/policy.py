@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from rstar.backends import find_stop
 from rstar.config import Options
 from rstar.errors import MissingExtraError, RstarError
 from rstar.types import GenerationRequest, GenerationResult, Sample
@@ -159,9 +160,10 @@ class OpenAIPolicy:
                     if payload == "[DONE]":
                         break
                     choice = json.loads(payload)["choices"][0]
+                    seen = len(text)
                     text += choice.get("text") or ""
                     chunks += 1
-                    hit = _first_stop(text, stops)
+                    hit = find_stop(text, stops, seen)
                     if hit is not None:
                         end, stop = hit
                         text, finish = text[:end], "stop"
@@ -204,8 +206,3 @@ def _raise_for_status(status: int, text: str) -> None:
         raise _Retryable(f"HTTP {status}: {text[:200]}")
     if status >= 400:
         raise RstarError(f"the completions server answered HTTP {status}: {text[:500]}")
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
-    hits = [(text.find(s) + len(s), s) for s in stops if s and s in text]
-    return min(hits) if hits else None

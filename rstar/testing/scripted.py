@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
+from rstar.backends import find_stop
 from rstar.config import Options
 from rstar.registry import import_string
 from rstar.types import GenerationRequest, GenerationResult, RewardRequest, Sample
@@ -57,9 +58,9 @@ class ScriptedPolicy:
 
 
 def _finish(text: str, req: GenerationRequest) -> Sample:
-    hits = [(text.find(s) + len(s), s) for s in req.stop if s and s in text]
-    if hits:
-        end, stop = min(hits)
+    hit = find_stop(text, req.stop)
+    if hit is not None:
+        end, stop = hit
         text = text[:end]
         return Sample(text, "stop", stop, count_tokens(text))
     words = text.split()
