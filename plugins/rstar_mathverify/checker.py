@@ -122,12 +122,18 @@ class MathVerifyChecker:
         if pool is None:
             return
         workers = _workers(pool)
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in workers:
             process.join(timeout=2.0)
             if process.is_alive():  # stuck where math-verify's alarm cannot reach
                 process.kill()
-                process.join()
+        # The pool's manager thread reaps the workers too; once it has ended, every worker's exit
+        # status is recorded (two threads reaping one child can leave it looking alive for a moment).
+        if manager is not None:
+            manager.join(timeout=10.0)
+        for process in workers:
+            process.join(timeout=1.0)
 
     # --- one pair -------------------------------------------------------------------------------
 
