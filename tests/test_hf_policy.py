@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from rstar_hf._text import IncrementalText
-from rstar_hf.policy import HFPolicy, package_dir, resolve_source
+from rstar_hf.policy import HFPolicy
 
 from rstar.backends import find_stop
 from rstar.errors import ConfigError, MissingExtraError
+from rstar.models import package_dir, resolve_source
 from rstar.types import GenerationRequest, GenerationResult
 
 CORPUS = [

