@@ -58,15 +58,42 @@ class StageResult:
     skipped: bool = False
 
 
+class ComponentCache:
+    """Built components kept for reuse, keyed by kind and spec: a model is loaded once even when
+    several stages (or the cells of ``rstar compare``) use it. ``close()`` closes them all."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._built: dict[str, Any] = {}
+
+    def get(self, kind: str, spec: Mapping[str, Any]) -> Any:
+        key = kind + ":" + json.dumps(spec, sort_keys=True, default=str)
+        if key not in self._built:
+            self._built[key] = self.registry.build(kind, spec)
+        return self._built[key]
+
+    def close(self) -> None:
+        built, self._built = list(self._built.values()), {}
+        for component in built:
+            close = getattr(component, "close", None)
+            if callable(close):
+                close()
+
+
 @dataclass
 class Runner:
-    """Runs one recipe. ``progress`` receives ``(event, payload)`` for display (see `rstar.cli`)."""
+    """Runs one recipe. ``progress`` receives ``(event, payload)`` for display (see `rstar.cli`).
+
+    With a shared ``cache``, components stay loaded after a stage (the cache's owner closes them);
+    without one, each stage builds its components and closes them when it ends.
+    """
 
     recipe: dict[str, Any]
     registry: Registry
     pm: pluggy.PluginManager
     source: str | None = None
     progress: Callable[[str, dict[str, Any]], None] = field(default=lambda event, payload: None)
+    cache: ComponentCache | None = None
 
     def __post_init__(self) -> None:
         self.options: RecipeOptions = validated_recipe(self.recipe, self.registry, self.source)
@@ -151,28 +178,25 @@ class Runner:
         )
         started = time.perf_counter()
         if todo:
-            components = self._components(opts)
+            cache = self.cache if self.cache is not None else ComponentCache(self.registry)
             try:
-                self._search(opts, components, todo, trees_path, finished)
+                self._search(opts, self._components(opts, cache), todo, trees_path, finished)
             finally:
-                for component in (components.policy, components.verifier, components.checker, components.reward_model):
-                    close = getattr(component, "close", None)
-                    if callable(close):
-                        close()
+                if cache is not self.cache:
+                    cache.close()
         trees = [finished[p.id] for p in problems if p.id in finished]
         return search_summary(trees, time.perf_counter() - started, opts.search["name"])
 
-    def _components(self, opts: RecipeOptions) -> Components:
-        build = self.registry.build
+    def _components(self, opts: RecipeOptions, cache: ComponentCache) -> Components:
         self.progress("loading", {"what": f"policy {opts.policy['name']}"})
-        policy = build("policy", opts.policy)
+        policy = cache.get("policy", opts.policy)
         reward = None
         if opts.reward_model is not None and not is_none_component(opts.reward_model):
-            reward = build("reward_model", opts.reward_model)
+            reward = cache.get("reward_model", opts.reward_model)
         return Components(
             policy=policy,
-            verifier=build("verifier", opts.verifier),
-            checker=build("answer_checker", opts.answer_checker),
+            verifier=cache.get("verifier", opts.verifier),
+            checker=cache.get("answer_checker", opts.answer_checker),
             reward_model=reward,
         )
 
