@@ -19,16 +19,11 @@ from rstar_hf.policy import HFPolicy
 from rstar.backends import find_stop
 from rstar.errors import ConfigError, MissingExtraError
 from rstar.models import package_dir, resolve_source
+from rstar.testing.models import CORPUS as TINY_CORPUS
+from rstar.testing.models import build_tiny_llama
 from rstar.types import GenerationRequest, GenerationResult
 
-CORPUS = [
-    "Let's think step by step. The answer is 42.<end_of_step>",
-    "x = 3 * 4\nprint(x)\n<end_of_code>\n<output>12</output>",
-    "First, compute the sum of the numbers: 1 + 2 + 3 = 6.<end_of_step>",
-    "def f(n):\n    return n * (n + 1) // 2\nprint(f(10))<end_of_code>",
-    "The quick brown fox jumps over the lazy dog; 0123456789 ()[]{}<>=+-*/%#@!?,.'\"",
-    "Question: what is the value of 12 * 7? Answer: 84. Therefore the final answer is \\boxed{84}.",
-]
+CORPUS = list(TINY_CORPUS)
 CONTEXT = 96
 DEVICE = os.environ.get("RSTAR_HF_TEST_DEVICE", "cpu")
 """Where the tiny model runs (set RSTAR_HF_TEST_DEVICE=cuda to run these tests on a GPU)."""
@@ -43,33 +38,7 @@ def gen(policy: HFPolicy, *requests: GenerationRequest) -> list[GenerationResult
 
 
 def _build_tiny_model(path: Path) -> None:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<eos>", "<bos>"], show_progress=False)
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>")
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=fast.backend_tokenizer.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CONTEXT,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-        bos_token_id=fast.bos_token_id,
-        initializer_range=0.5,  # peaked distributions: greedy paths far from ties
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
+    build_tiny_llama(path, context=CONTEXT)
 
 
 @pytest.fixture(scope="module")
