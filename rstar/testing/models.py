@@ -47,7 +47,9 @@ def build_tiny_llama(
         vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>"], show_progress=False
     )
     tok.train_from_iterator(list(corpus) * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>")
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>"
+    )
     fast.save_pretrained(path)
     torch.manual_seed(seed)
     config = LlamaConfig(
