@@ -50,8 +50,11 @@ COMPONENT_KEYS: dict[str, str] = {
 }
 """Recipe key → component kind, for the components every search needs."""
 
-STAGES = ("search",)
-"""Stages the runner knows. Extraction and training stages come with their plugins."""
+STAGES = ("search", "search_unsolved", "extract", "train_sft", "train_ppm", "evaluate")
+"""Stages the runner knows, in the order a round usually runs them (see `rstar.runner`)."""
+
+TRAINER_KEYS = ("train_sft", "train_ppm")
+"""Recipe keys that name a trainer component; a stage of the same name needs its key."""
 
 
 class BudgetOptions(Options):
@@ -67,6 +70,15 @@ class StepFormatOptions(Options):
 
     prompt: str = Field("bootstrap", description="'bootstrap' (few-shot), 'sft', or a path to a prompt JSON file")
     few_shot: int = Field(2, ge=0, description="number of few-shot examples (bootstrap prompt)")
+
+
+class EvaluateOptions(Options):
+    """The ``evaluate`` stage: several searches of held-out problems with the round's models."""
+
+    dataset: dict[str, Any] | None = Field(None, description="the held-out problems (default: the round's dataset)")
+    runs: dict[str, dict[str, Any]] = Field(
+        min_length=1, description="label -> keys merged over the round's recipe (search, reward_model, budget, ...)"
+    )
 
 
 class RecipeOptions(Options):
@@ -86,6 +98,17 @@ class RecipeOptions(Options):
     search: dict[str, Any]
     rounds: int | list[Any] = Field(1, description="number of rounds, or one mapping of overrides per round")
     stages: list[str] = ["search"]
+    base_model: str | None = Field(
+        None, description="the model each round's SFT starts from (default: the top-level policy.model)"
+    )
+    search_unsolved: dict[str, Any] | None = Field(
+        None, description="keys merged over the round's recipe to search again the problems with no correct answer"
+    )
+    extract: dict[str, Any] = Field({}, description="options of the extract stage (rstar.extract.ExtractOptions)")
+    train_sft: dict[str, Any] | None = Field(None, description="the policy trainer, e.g. {name: sft, epochs: 2}")
+    train_ppm: dict[str, Any] | None = Field(None, description="the PPM trainer, e.g. {name: ppm}")
+    evaluate: EvaluateOptions | None = None
+    compare: dict[str, Any] | None = Field(None, description="the grid of `rstar compare` (rstar.compare)")
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -218,16 +241,72 @@ def check_recipe(data: Mapping[str, Any], registry: Registry) -> list[str]:
     return problems
 
 
-def _recipe_problems(data: Mapping[str, Any], registry: Registry) -> list[str]:
+def _recipe_problems(data: Mapping[str, Any], registry: Registry, nested: bool = True) -> list[str]:
     problems = options_problems(RecipeOptions, data, "")
     for key, kind in COMPONENT_KEYS.items():
         problems += _component_problems(registry, kind, key, data.get(key))
-    for i, stage in enumerate(data.get("stages", []) or []):
+    for key in TRAINER_KEYS:
+        problems += _component_problems(registry, "trainer", key, data.get(key))
+    stages = data.get("stages", []) or []
+    for i, stage in enumerate(stages):
         if stage not in STAGES:
             close = difflib.get_close_matches(str(stage), STAGES, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"stages[{i}]: unknown stage {stage!r}{hint}; known stages: {', '.join(STAGES)}")
+        elif stage in (*TRAINER_KEYS, "evaluate", "search_unsolved") and data.get(stage) is None:
+            example = {"train_sft": "{name: sft}", "train_ppm": "{name: ppm}"}.get(stage, "{...}")
+            problems.append(
+                f"stages[{i}]: stage {stage!r} needs a top-level {stage!r} section, e.g. {stage}: {example}"
+            )
+    if isinstance(data.get("extract"), Mapping):
+        from rstar.extract import ExtractOptions
+
+        problems += options_problems(ExtractOptions, data["extract"], "extract")
+    if nested:
+        for path, merged in derived_configs(data):
+            problems += [f"{path}.{p}" for p in _recipe_problems(merged, registry, nested=False)]
     return problems
+
+
+def derived_configs(data: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The recipes that stages derive from ``data``: ``search_unsolved`` and each ``evaluate`` run,
+    as ``(key path, merged recipe)``. Malformed sections are left to the recipe's own validation."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    over = data.get("search_unsolved")
+    if isinstance(over, Mapping):
+        out.append(("search_unsolved", merge_over(data, over)))
+    evaluate = data.get("evaluate")
+    if isinstance(evaluate, Mapping) and isinstance(evaluate.get("runs"), Mapping):
+        for label, run in evaluate["runs"].items():
+            if isinstance(run, Mapping):
+                extra = {"dataset": evaluate["dataset"]} if evaluate.get("dataset") is not None else {}
+                out.append((f"evaluate.runs.{label}", merge_over(data, {**extra, **run})))
+    return out
+
+
+DERIVED_DROP = ("rounds", "stages", "search_unsolved", "evaluate", "compare", "train_sft", "train_ppm")
+"""Keys a derived search recipe does not inherit (it is one search, not a pipeline)."""
+
+
+def merge_over(data: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``data`` (mappings merge key by key, as rounds do), as one search recipe."""
+    merged = _merge({k: v for k, v in data.items() if k not in DERIVED_DROP}, over)
+    out = OmegaConf.to_container(merged, resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> DictConfig:
+    """OmegaConf's merge, except that a component given with another ``name`` replaces the base's
+    component instead of inheriting its options (``reward_model: {name: none}`` means none)."""
+    base = dict(base)
+    for key in (*COMPONENT_KEYS, *TRAINER_KEYS):
+        new, old = over.get(key), base.get(key)
+        if isinstance(new, Mapping) and isinstance(old, Mapping) and "name" in new and new["name"] != old.get("name"):
+            del base[key]
+    merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(dict(over)))
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 def _component_problems(registry: Registry, kind: str, key: str, spec: Any) -> list[str]:
@@ -267,7 +346,7 @@ def round_config(data: Mapping[str, Any], round_index: int) -> dict[str, Any]:
     if not isinstance(rounds, list):
         return dict(data)
     over = rounds[round_index - 1] or {}
-    merged = OmegaConf.merge(OmegaConf.create({k: v for k, v in data.items() if k != "rounds"}), over)
+    merged = _merge({k: v for k, v in data.items() if k != "rounds"}, over)
     out = OmegaConf.to_container(merged, resolve=True)
     assert isinstance(out, dict)
     out["rounds"] = rounds

@@ -10,3 +10,8 @@ from rstar.registry import RegisterFn
 def register_datasets(register: RegisterFn) -> None:
     register("jsonl", "rstar_data.loaders:JsonlDataset", description="a JSONL file of {id, question, answer}")
     register("hf", "rstar_data.loaders:HubDataset", description="a Hugging Face dataset (needs network)")
+    register(
+        "arithmetic",
+        "rstar_data.synthetic:ArithmeticDataset",
+        description="generated one-operation word problems (CPU smoke runs, quickstart)",
+    )

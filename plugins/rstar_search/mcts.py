@@ -19,6 +19,13 @@ answer gets +1 or -1 from the reference answer, backed up to the root at once; w
 each new non-terminal child gets the model's score as one visit (unless ``terminal_sample``), and in
 ``test`` mode each answer gets the model's score, backed up to the root. The chosen answer is the
 answer node with the highest Q-value (ties: first in breadth-first order).
+
+Several runs (``runs > 1``, ALGORITHM.md 4.9, the paper's "N trajectories"): the whole search is
+repeated ``runs`` times, one run after the other, run ``r`` (from 0) seeded with ``ctx.seed`` for
+``r = 0`` and a hash of ``(ctx.seed, r)`` otherwise, so the runs are independent and a single run is
+exactly the search above. Each run's best answer joins a pool; `rstar_search.vote.top_n_vote` picks
+the prediction. The runs' trees hang under a synthetic root ``"0"``: run ``r``'s root is ``"0.r"``
+(r from 1) and its node ``"0.x.y"`` becomes ``"0.r.x.y"``, one level deeper.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ from typing import Literal
 from pydantic import Field
 
 from rstar.config import Options
-from rstar.engine import SearchContext
+from rstar.engine import SearchContext, problem_seed
 from rstar.steps import ANSWER_END
 from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Sample, Tree
 from rstar_search.expand import make_steps
+from rstar_search.vote import PooledVote, top_n_vote
 
 
 class MCTSOptions(Options):
@@ -63,6 +71,13 @@ class MCTSOptions(Options):
     answer_collapse: bool = Field(
         True, description="if a sample stopped on <end_of_answer>, keep only the first such sample"
     )
+    runs: int = Field(1, ge=1, description="independent MCTS runs per problem; their best answers are pooled")
+    vote: PooledVote = Field(
+        "best",
+        description="with runs > 1: the pooled answer with the highest Q (best), the most frequent "
+        "equivalent answer (majority) or the answer class with the highest summed Q (weighted)",
+    )
+    vote_top_n: int = Field(4, ge=1, description="with runs > 1: vote among this many highest-Q pooled answers")
 
 
 @dataclass(eq=False)
@@ -140,11 +155,13 @@ class MCTS:
         self.options = options
 
     async def search(self, problem: Problem, ctx: SearchContext) -> Tree:
-        return await _Search(self.options, problem, ctx).run()
+        if self.options.runs == 1:
+            return await _Search(self.options, problem, ctx).run()
+        return await _multi_run(self.options, problem, ctx)
 
 
 class _Search:
-    def __init__(self, options: MCTSOptions, problem: Problem, ctx: SearchContext) -> None:
+    def __init__(self, options: MCTSOptions, problem: Problem, ctx: SearchContext, seed: int | None = None) -> None:
         self.opts = options
         self.problem = problem
         self.ctx = ctx
@@ -152,9 +169,18 @@ class _Search:
         # Answers get ground-truth rewards only in sampling mode and only when a reference exists.
         self.sampling = options.mode == "sampling" and problem.answer is not None
         self.prompt = ctx.step_format.render_prompt(problem.question)
-        self.tie_rng = random.Random(f"{ctx.seed}:tie_break")
+        self.seed = ctx.seed if seed is None else seed
+        # Each policy request gets a seed from this run's generator, drawn as ctx.generate would
+        # draw it from ctx.rng (seeded with ctx.seed), so a single run is the same either way.
+        self.rng = random.Random(self.seed)
+        self.tie_rng = random.Random(f"{self.seed}:tie_break")
 
     async def run(self) -> Tree:
+        await self.grow()
+        return await self._tree()
+
+    async def grow(self) -> None:
+        """Run the ``budget.samples`` rollouts."""
         max_depth = self.ctx.budget.max_depth
         for _ in range(self.ctx.budget.samples):
             node = self._select_from_root()
@@ -164,7 +190,6 @@ class _Search:
                 if not node.children:
                     await self._expand(node)
                 node = self._select_child(node)
-        return await self._tree()
 
     # --- selection ---------------------------------------------------------------------------
 
@@ -206,6 +231,7 @@ class _Search:
             temperature=opts.temperature,
             top_p=opts.top_p,
             stop=ctx.step_format.stops,
+            seed=self.rng.randrange(2**31),
         )
         (result,) = await ctx.generate([request])
         samples = post_filter(result.samples, dedupe=opts.dedupe, answer_collapse=opts.answer_collapse)
@@ -259,23 +285,27 @@ class _Search:
     # --- output ------------------------------------------------------------------------------
 
     async def _tree(self) -> Tree:
-        order = self._bfs()
-        answers = [n for n in order if n.valid_answer]
-        if self.problem.answer is not None:
-            unchecked = [n for n in answers if n.correct is None]
-            if unchecked:
-                verdicts = await self.ctx.check([(n.final_answer or "", self.problem.answer) for n in unchecked])
-                for n, ok in zip(unchecked, verdicts, strict=True):
-                    n.correct = ok
-        chosen = max(answers, key=lambda n: n.q) if answers else None  # max keeps the first of equals
-        correct = None
-        if self.problem.answer is not None:
-            correct = bool(chosen.correct) if chosen is not None else False
-        nodes = tuple(
+        await _check_answers(self.ctx, self.problem, [self])
+        chosen = self.best_answer()
+        return _make_tree(self.problem, self.ctx, chosen, self.nodes())
+
+    def best_answer(self) -> _Node | None:
+        """The answer node with the highest Q (ties: first in breadth-first order)."""
+        answers = [n for n in self._bfs() if n.valid_answer]
+        return max(answers, key=lambda n: n.q) if answers else None  # max keeps the first of equals
+
+    def nodes(self, run: int | None = None) -> list[Node]:
+        """The tree's nodes in breadth-first order; for ``run`` r, renamed below the synthetic root."""
+
+        def rename(node_id: str) -> str:
+            return node_id if run is None else f"0.{run}{node_id[1:]}"
+
+        shift = 0 if run is None else 1
+        return [
             Node(
-                id=n.id,
-                parent=n.parent.id if n.parent is not None else None,
-                depth=n.depth,
+                id=rename(n.id),
+                parent=rename(n.parent.id) if n.parent is not None else (None if run is None else "0"),
+                depth=n.depth + shift,
                 text=n.text,
                 output=n.output,
                 visits=n.visits,
@@ -285,18 +315,8 @@ class _Search:
                 final_answer=n.final_answer,
                 correct=n.correct if n.valid_answer else None,
             )
-            for n in order
-        )
-        return Tree(
-            id=self.problem.id,
-            question=self.problem.question,
-            answer=self.problem.answer,
-            strategy=MCTS.name,
-            prediction=chosen.final_answer if chosen is not None else None,
-            correct=correct,
-            usage=self.ctx.usage,
-            nodes=nodes,
-        )
+            for n in self._bfs()
+        ]
 
     def _bfs(self) -> list[_Node]:
         order = [self.root]
@@ -307,4 +327,66 @@ class _Search:
         return order
 
 
-__all__ = ["MCTS", "MCTSOptions", "post_filter"]
+async def _check_answers(ctx: SearchContext, problem: Problem, searches: Sequence[_Search]) -> None:
+    """Check every answer not yet checked against the reference (for the record), in one batch."""
+    if problem.answer is None:
+        return
+    unchecked = [n for s in searches for n in s._bfs() if n.valid_answer and n.correct is None]
+    if unchecked:
+        verdicts = await ctx.check([(n.final_answer or "", problem.answer) for n in unchecked])
+        for n, ok in zip(unchecked, verdicts, strict=True):
+            n.correct = ok
+
+
+def _make_tree(problem: Problem, ctx: SearchContext, chosen: _Node | None, nodes: Sequence[Node]) -> Tree:
+    correct = None
+    if problem.answer is not None:
+        correct = bool(chosen.correct) if chosen is not None else False
+    return Tree(
+        id=problem.id,
+        question=problem.question,
+        answer=problem.answer,
+        strategy=MCTS.name,
+        prediction=chosen.final_answer if chosen is not None else None,
+        correct=correct,
+        usage=ctx.usage,
+        nodes=tuple(nodes),
+    )
+
+
+def run_seed(seed: int, run: int) -> int:
+    """Run ``run``'s seed (runs counted from 0): the problem's own seed for the first run."""
+    return seed if run == 0 else problem_seed(seed, f"mcts-run-{run}")
+
+
+async def _multi_run(options: MCTSOptions, problem: Problem, ctx: SearchContext) -> Tree:
+    """``options.runs`` independent searches, one after the other; a vote over their best answers."""
+    searches = []
+    for r in range(options.runs):
+        search = _Search(options, problem, ctx, seed=run_seed(ctx.seed, r))
+        await search.grow()
+        searches.append(search)
+    await _check_answers(ctx, problem, searches)
+    best = [b for b in (s.best_answer() for s in searches) if b is not None]
+    pick = await top_n_vote(
+        ctx, [(b.final_answer or "", b.q) for b in best], top_n=options.vote_top_n, mode=options.vote
+    )
+    chosen = best[pick] if pick is not None else None
+
+    roots = [s.root for s in searches]
+    visits = sum(r.visits for r in roots)
+    root = Node(
+        id="0",
+        parent=None,
+        depth=0,
+        text="",
+        visits=visits,
+        q_value=sum(r.value_sum for r in roots) / visits if visits else 0.0,
+        terminal=all(r.terminal for r in roots),
+    )
+    runs = [node for k, s in enumerate(searches, start=1) for node in s.nodes(run=k)]
+    nodes = [root, *sorted(runs, key=lambda n: n.depth)]  # a stable sort: breadth-first over all runs
+    return _make_tree(problem, ctx, chosen, nodes)
+
+
+__all__ = ["MCTS", "MCTSOptions", "post_filter", "run_seed"]

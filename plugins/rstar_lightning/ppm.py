@@ -1,0 +1,297 @@
+"""The ``ppm`` trainer: the process preference model, a scalar head on the policy (ALGORITHM.md 6.3-6.4).
+
+Each line of the data file is a preference pair ``{"prompt", "pos", "neg", "pos_count", "neg_count", ...}``
+sharing one prefix. The score of a text is the head's output at its last token: ``prompt + pos`` (or
+``+ neg``) tokenized as one text, the tokenizer's BOS first when it adds one, no EOS appended
+(`rstar.reward.reward_text`). A text longer than ``max_length`` keeps its BOS and its *last* tokens, so
+the candidate step is never cut; a pair whose step alone does not fit is dropped.
+
+Loss, for a batch of B pairs with scores ``s⁺`` and ``s⁻`` after the transform ``f``::
+
+    loss = (1/B) Σ_i w_i · −log σ(f(s⁺_i) − f(s⁻_i))        # Bradley–Terry, weighted, averaged
+
+``w_i = 1/(pos_count·neg_count)`` (``1/(pos_count+neg_count)`` when one count is 0) with ``weighting:
+counts`` (the original's), 1 with ``weighting: none``. The original sums over the batch (bug 20);
+here the mean keeps the step size independent of the batch size.
+
+``f`` is ``tanh(s/scale)`` or the identity (``transform``). By default it is applied in training and at
+inference alike; ``transform: tanh, scale: 5, transform_in_training: false`` is the original's
+("faithful") setting: raw scores in the loss, ``tanh(r/5)`` when searching. Either way the transform is
+written into the checkpoint (``config.json["rstar_reward"]``, `rstar.reward.ScoreTransform`), so the
+reward backends apply what the trainer meant.
+
+The checkpoint is a one-label ``AutoModelForSequenceClassification`` directory whose ``pad_token_id``
+is set: Hugging Face reads the score at the last non-pad token, which is the last token of the text
+since batches are padded on the right.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from rstar.errors import RstarError
+from rstar.reward import CONFIG_KEY, ScoreTransform
+from rstar_lightning._common import (
+    TrainOptions,
+    add_step_tokens,
+    adds_bos,
+    apply_lora,
+    base_dtype,
+    configure_adamw,
+    encode,
+    load_model,
+    load_tokenizer,
+    make_loader,
+    model_complete,
+    pad_right,
+    read_jsonl,
+    require_extras,
+    save_checkpoint,
+    save_dtype,
+    split,
+    train,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+class PPMOptions(TrainOptions):
+    """Options of the ``ppm`` trainer (``trainer: {name: ppm, ...}``)."""
+
+    batch_size: int = Field(4, ge=1, description="preference pairs per device and forward pass (2x texts)")
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of the pairs held out to measure pairwise accuracy each epoch"
+    )
+    weighting: Literal["counts", "none"] = Field(
+        "counts",
+        description=(
+            "pair weights: 'counts' = 1/(pos_count*neg_count) (1/(pos+neg) if one is 0), as the original; 'none' = 1"
+        ),
+    )
+    transform: Literal["tanh", "identity"] = Field(
+        "tanh", description="how a raw head output r becomes a reward: tanh(r/scale), or r itself"
+    )
+    scale: float = Field(1.0, gt=0, description="the divisor inside tanh (the original: 5)")
+    transform_in_training: bool = Field(
+        True, description="apply the transform inside the loss too (false: the original's raw-score loss)"
+    )
+
+
+Pair = tuple[list[int], list[int], float]
+"""``(positive ids, negative ids, weight)`` of one preference pair."""
+
+
+def pair_weight(record: dict[str, Any], weighting: str) -> float:
+    """The loss weight of a pair (see the module docstring)."""
+    if weighting == "none":
+        return 1.0
+    pos, neg = int(record.get("pos_count", 1)), int(record.get("neg_count", 1))
+    if pos > 0 and neg > 0:
+        return 1.0 / (pos * neg)
+    return 1.0 / (pos + neg) if pos + neg > 0 else 1.0
+
+
+def score_ids(tokenizer: Any, prompt: str, step: str, max_length: int) -> list[int] | None:
+    """Token ids of ``prompt + step`` cut from the left to ``max_length`` (BOS kept); None if ``step`` does not fit."""
+    ids = encode(tokenizer, prompt + step, with_bos=True)
+    if len(ids) <= max_length:
+        return ids
+    head = ids[:1] if adds_bos(tokenizer) else []
+    room = max_length - len(head)
+    if len(encode(tokenizer, step, with_bos=False)) > room:
+        return None
+    return head + ids[len(ids) - room :]
+
+
+def bt_loss(pos: torch.Tensor, neg: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted Bradley–Terry loss averaged over the batch: ``mean(w · −log σ(pos − neg))``."""
+    import torch.nn.functional as F
+
+    return (weights * F.softplus(neg - pos)).mean()
+
+
+def collate(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Positives then negatives as one right-padded batch of 2B texts, and the B weights."""
+    import torch
+
+    texts = [pos for pos, _, _ in pairs] + [neg for _, neg, _ in pairs]
+    return {
+        "input_ids": pad_right(texts, pad_id),
+        "attention_mask": pad_right([[1] * len(t) for t in texts], 0),
+        "weights": torch.tensor([w for _, _, w in pairs], dtype=torch.float32),
+    }
+
+
+class _Collator:
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
+        return collate(pairs, self.pad_id)
+
+
+def head_name(model: Any) -> str:
+    """Name of the classification head: the model's top-level linear layer with one output."""
+    import torch
+
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.Linear) and child.out_features == 1:
+            return str(name)
+    raise RstarError(f"ppm trainer: {type(model).__name__} has no one-output linear head")
+
+
+def heads_in_float32(model: Any) -> None:
+    """Run every one-output linear layer (the head, and peft's copy of it) in float32, outside autocast."""
+    import torch
+    import torch.nn.functional as F
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features == 1:
+
+            def forward(x: torch.Tensor, layer: torch.nn.Linear = module) -> torch.Tensor:
+                bias = None if layer.bias is None else layer.bias.float()
+                with torch.autocast(device_type=x.device.type, enabled=False):
+                    return F.linear(x.float(), layer.weight.float(), bias)
+
+            module.forward = forward  # type: ignore[method-assign, assignment]
+
+
+def _module_class() -> Any:
+    import lightning.pytorch as pl
+
+    class PPMModule(pl.LightningModule):
+        """Bradley–Terry loss on the scores of the positive and the negative text of each pair."""
+
+        def __init__(self, model: Any, options: PPMOptions) -> None:
+            super().__init__()
+            self.model = model
+            self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be on
+            self.options = options
+            self.transform = ScoreTransform(options.transform, options.scale)
+
+        def scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            raw = out.logits[:, 0].float()
+            if self.options.transform_in_training and self.transform.transform == "tanh":
+                raw = (raw / self.transform.scale).tanh()
+            half = len(batch["weights"])
+            return raw[:half], raw[half:]
+
+        def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+            pos, neg = self.scores(batch)
+            loss = bt_loss(pos, neg, batch["weights"])
+            accuracy = (pos > neg).float().mean()
+            size = len(pos)
+            sync = stage == "val"
+            self.log(
+                f"{stage}_loss", loss, on_step=not sync, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=sync
+            )
+            self.log(f"{stage}_accuracy", accuracy, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=sync)
+            return loss
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return self._step(batch, "train")
+
+        def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+            self._step(batch, "val")
+
+        def configure_optimizers(self) -> Any:
+            return configure_adamw(self, self.options)
+
+    return PPMModule
+
+
+class PPMTrainer:
+    """The ``ppm`` trainer (`rstar.interfaces.Trainer`): writes ``out_dir/model/`` and returns it."""
+
+    Options = PPMOptions
+
+    def __init__(self, options: PPMOptions) -> None:
+        require_extras("the 'ppm' trainer")
+        self.options = options
+
+    def fit(self, data: Path, init_model: str, out_dir: Path) -> Path:
+        """Train a PPM from ``init_model`` (the round's SFT checkpoint) on the pairs in ``data``."""
+        import lightning.pytorch as pl
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        options, data, out_dir = self.options, Path(data), Path(out_dir)
+        if model_complete(out_dir):
+            return out_dir / "model"
+        records = read_jsonl(data, ("prompt", "pos", "neg"))
+        pl.seed_everything(options.seed, workers=True, verbose=False)
+        tokenizer = load_tokenizer(init_model, options)
+        model, missing = load_model(AutoModelForSequenceClassification, init_model, options, num_labels=1)
+        added = add_step_tokens(model, tokenizer) if options.add_step_tokens else []
+        model.config.pad_token_id = tokenizer.pad_token_id
+        setattr(model.config, CONFIG_KEY, ScoreTransform(options.transform, options.scale).to_dict())
+        head = head_name(model)
+        if any(key.startswith(f"{head}.") for key in missing):  # a new head: scores start near 0
+            with torch.no_grad():
+                layer = getattr(model, head)
+                layer.weight.normal_(0.0, 0.1 / layer.in_features**0.5)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+
+        pairs, dropped = self._pairs(tokenizer, records)
+        if not pairs:
+            raise RstarError(f"{data}: no pair fits max_length={options.max_length}; raise it")
+        if dropped:
+            log.warning(
+                "%s: dropped %d of %d pairs whose step is longer than %d tokens",
+                data,
+                dropped,
+                len(records),
+                options.max_length,
+            )
+        train_items, val_items = split(pairs, options.val_fraction, options.seed)
+
+        if options.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if options.lora is not None:
+            new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added]
+            model = apply_lora(model, options.lora, "SEQ_CLS", [head], trainable_token_indices=new_ids or None)
+        heads_in_float32(model)
+        module = _module_class()(model, options)
+        collator = _Collator(tokenizer.pad_token_id)
+        train_loader = make_loader(train_items, collator, options.batch_size, True, options.seed)
+        val_loader = make_loader(val_items, collator, options.batch_size, False, options.seed) if val_items else None
+
+        def initial_accuracy(trainer: pl.Trainer) -> dict[str, float]:
+            if val_loader is None:
+                return {}
+            result = trainer.validate(module, val_loader, verbose=False)[0]
+            return {
+                "val_accuracy_initial": float(result["val_accuracy"]),
+                "val_loss_initial": float(result["val_loss"]),
+            }
+
+        trainer, metrics = train(module, train_loader, val_loader, options, out_dir, before_fit=initial_accuracy)
+        metrics.update(pairs=len(train_items), val_pairs=len(val_items), dropped=dropped, added_tokens=added)
+        dtype = save_dtype(options, trainer, base_dtype(init_model, options))
+        info = {"trainer": "ppm", "init_model": init_model, "data": str(data), "options": options.model_dump()}
+        explicit = {"num_labels": 1}  # transformers derives it from id2label; servers and readers look for it
+        return save_checkpoint(trainer, module.model, tokenizer, out_dir, dtype, metrics, info, explicit)
+
+    def _pairs(self, tokenizer: Any, records: list[dict[str, Any]]) -> tuple[list[Pair], int]:
+        limit, weighting = self.options.max_length, self.options.weighting
+        pairs: list[Pair] = []
+        for record in records:
+            prompt = str(record["prompt"])
+            pos = score_ids(tokenizer, prompt, str(record["pos"]), limit)
+            neg = score_ids(tokenizer, prompt, str(record["neg"]), limit)
+            if pos is not None and neg is not None:
+                pairs.append((pos, neg, pair_weight(record, weighting)))
+        return pairs, len(records) - len(pairs)
+
+
+__all__ = ["PPMOptions", "PPMTrainer", "bt_loss", "collate", "pair_weight", "score_ids"]

@@ -1,0 +1,190 @@
+"""The ``sft`` trainer: fine-tune the policy on its own best solutions (ALGORITHM.md 6.5).
+
+Each line of the data file is ``{"prompt": rendered prompt, "response": solution, ...}``; an example
+is ``prompt + response + EOS`` and the loss covers the response and the EOS only (prompt tokens are
+labelled -100). The prompt and the response are tokenized separately, exactly as the policy sees them
+at inference (prompt tokens in, response tokens out), with the tokenizer's BOS first when it adds one.
+
+Differences from the original, each a fix of ALGORITHM.md section 10:
+
+* examples longer than ``max_length`` are dropped with a warning (``truncation: drop``) instead of
+  losing their ending (bug 21); ``truncation: right`` cuts them as the original did;
+* the step tags are added as tokens initialised as the mean of their former pieces (bug 23);
+* the loss is the mean over response tokens, the schedule linear decay to 0 after ``warmup_steps``.
+
+The result, ``out_dir/model/``, is a plain Hugging Face causal-LM directory (safetensors and tokenizer
+files) that every policy backend loads.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from rstar.errors import RstarError
+from rstar_lightning._common import (
+    IGNORE_INDEX,
+    TrainOptions,
+    add_step_tokens,
+    apply_lora,
+    base_dtype,
+    configure_adamw,
+    encode,
+    load_model,
+    load_tokenizer,
+    make_loader,
+    model_complete,
+    pad_right,
+    read_jsonl,
+    require_extras,
+    save_checkpoint,
+    save_dtype,
+    split,
+    train,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+class SFTOptions(TrainOptions):
+    """Options of the ``sft`` trainer (``trainer: {name: sft, ...}``)."""
+
+    truncation: Literal["drop", "right"] = Field(
+        "drop",
+        description=(
+            "examples longer than max_length: 'drop' them (with a warning), or cut them on the 'right' "
+            "(the original's behaviour: the solution loses its ending)"
+        ),
+    )
+
+
+Example = tuple[list[int], list[int]]
+"""``(input_ids, labels)`` of one example, labels -100 on the prompt."""
+
+
+def make_example(tokenizer: Any, prompt: str, response: str) -> Example:
+    """Token ids of ``prompt + response + EOS`` and labels that are -100 on the prompt."""
+    prompt_ids = encode(tokenizer, prompt, with_bos=True)
+    response_ids = [*encode(tokenizer, response, with_bos=False), tokenizer.eos_token_id]
+    return prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch on the right to its longest example: ``input_ids``, ``attention_mask``, ``labels``."""
+    input_ids = pad_right([ids for ids, _ in examples], pad_id)
+    labels = pad_right([labels for _, labels in examples], IGNORE_INDEX)
+    mask = pad_right([[1] * len(ids) for ids, _ in examples], 0)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class _Collator:
+    """Picklable collate function (DataLoader workers and DDP spawn need one)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        return collate(examples, self.pad_id)
+
+
+def _module_class() -> Any:
+    import lightning.pytorch as pl
+
+    class SFTModule(pl.LightningModule):
+        """Causal-LM loss on the response tokens."""
+
+        def __init__(self, model: Any, options: SFTOptions) -> None:
+            super().__init__()
+            self.model = model
+            self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be on
+            self.options = options
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            loss: torch.Tensor = self.model(**batch).loss
+            self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
+            return loss
+
+        def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+            loss = self.model(**batch).loss
+            self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(batch["labels"]))
+
+        def configure_optimizers(self) -> Any:
+            return configure_adamw(self, self.options)
+
+    return SFTModule
+
+
+class SFTTrainer:
+    """The ``sft`` trainer (`rstar.interfaces.Trainer`): writes ``out_dir/model/`` and returns it."""
+
+    Options = SFTOptions
+
+    def __init__(self, options: SFTOptions) -> None:
+        require_extras("the 'sft' trainer")
+        self.options = options
+
+    def fit(self, data: Path, init_model: str, out_dir: Path) -> Path:
+        """Fine-tune ``init_model`` on the JSONL file ``data``; resume a killed run; skip a finished one."""
+        import lightning.pytorch as pl
+        from transformers import AutoModelForCausalLM
+
+        options, data, out_dir = self.options, Path(data), Path(out_dir)
+        if model_complete(out_dir):
+            return out_dir / "model"
+        records = read_jsonl(data, ("prompt", "response"))
+        pl.seed_everything(options.seed, workers=True, verbose=False)
+        tokenizer = load_tokenizer(init_model, options)
+        model, _ = load_model(AutoModelForCausalLM, init_model, options)
+        added = add_step_tokens(model, tokenizer) if options.add_step_tokens else []
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+        examples, dropped = self._examples(tokenizer, records)
+        if not examples:
+            raise RstarError(f"{data}: every example is longer than max_length={options.max_length}; raise it")
+        if dropped:
+            log.warning(
+                "%s: dropped %d of %d examples longer than %d tokens", data, dropped, len(records), options.max_length
+            )
+        train_items, val_items = split(examples, options.val_fraction, options.seed)
+
+        if options.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if options.lora is not None:
+            new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added]
+            model = apply_lora(model, options.lora, "CAUSAL_LM", trainable_token_indices=new_ids or None)
+        module = _module_class()(model, options)
+        collator = _Collator(tokenizer.pad_token_id)
+        train_loader = make_loader(train_items, collator, options.batch_size, True, options.seed)
+        val_loader = make_loader(val_items, collator, options.batch_size, False, options.seed) if val_items else None
+        trainer, metrics = train(module, train_loader, val_loader, options, out_dir)
+        metrics.update(examples=len(train_items), val_examples=len(val_items), dropped=dropped, added_tokens=added)
+        dtype = save_dtype(options, trainer, base_dtype(init_model, options))
+        info = {"trainer": "sft", "init_model": init_model, "data": str(data), "options": options.model_dump()}
+        return save_checkpoint(trainer, module.model, tokenizer, out_dir, dtype, metrics, info)
+
+    def _examples(self, tokenizer: Any, records: list[dict[str, Any]]) -> tuple[list[Example], int]:
+        limit = self.options.max_length
+        examples: list[Example] = []
+        dropped = 0
+        for record in records:
+            ids, labels = make_example(tokenizer, str(record["prompt"]), str(record["response"]))
+            if len(ids) > limit:
+                if self.options.truncation == "drop":
+                    dropped += 1
+                    continue
+                ids, labels = ids[:limit], labels[:limit]
+            if any(label != IGNORE_INDEX for label in labels):
+                examples.append((ids, labels))
+            else:
+                dropped += 1
+        return examples, dropped
+
+
+__all__ = ["SFTOptions", "SFTTrainer", "collate", "make_example"]

@@ -1,0 +1,268 @@
+"""The ``vllm`` reward model: a PPM checkpoint served by vLLM's pooling runner, in-process on GPUs.
+
+The checkpoint is the one-label sequence-classification directory of `rstar.reward` (what the
+``hf`` reward model loads too). vLLM runs it with ``runner="pooling"``: the classification pooler
+reads the hidden state at the last token and applies the ``score`` head. Each batch that rstar's
+engine gathers is one ``LLM.classify`` call, made from a worker thread so the event loop keeps
+serving the other searches.
+
+* Raw scores: vLLM applies an activation to classifier outputs by default (a sigmoid for one
+  label). The request turns it off (``PoolingParams(use_activation=False)``; vLLM 0.11.0 names it
+  ``activation``), so ``outputs.probs[0]`` is the head's raw output, and rstar's
+  `rstar.reward.ScoreTransform` maps it to the reward, as every backend does.
+* Long texts keep their END: a text with more tokens than the context is sent as token ids cut from
+  the left (a leading BOS kept), so the step being judged is never cut (ALGORITHM.md section 10,
+  bug 9). vLLM's own ``truncate_prompt_tokens`` is not used (it moved between versions).
+
+`keep_end` and `checkpoint_transform` are shared with the ``sglang`` reward model. This module
+imports neither vllm nor torch at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from rstar.backends import BYTES_MARGIN, Dtype, encoder_of, release_gpu_memory
+from rstar.config import Options
+from rstar.errors import MissingExtraError, RstarError
+from rstar.reward import CONFIG_KEY, ScoreTransform, reward_text
+from rstar.types import RewardRequest
+
+log = logging.getLogger(__name__)
+
+TransformChoice = Literal["auto", "identity", "tanh"]
+
+
+class VLLMRewardOptions(Options):
+    """Options of the ``vllm`` reward model (``reward_model: {name: vllm, model: ..., ...}`` in a recipe)."""
+
+    model: str = Field(
+        min_length=1, description="the reward checkpoint: a local directory written by the PPM trainer or a Hub id"
+    )
+    tokenizer: str | None = Field(None, description="where to load the tokenizer from; default: the model's")
+    dtype: Dtype = Field(
+        "auto", description="weights and activations; 'auto' lets vLLM choose (float32 checkpoints run in 16 bits)"
+    )
+    max_model_len: int | None = Field(None, ge=2, description="context length (tokens per text); default: the model's")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs that one copy of the model is split across")
+    gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="share of each GPU's memory this engine takes; 0.3 leaves room for a policy on the same GPU "
+        "(give the policy at most about 0.6)",
+    )
+    enable_prefix_caching: bool | None = Field(
+        None, description="reuse the KV cache of shared prefixes; default: vLLM's choice for pooling models"
+    )
+    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint")
+    transform: TransformChoice = Field(
+        "auto",
+        description="raw score -> reward: 'auto' (the checkpoint's rstar_reward entry; identity without one), "
+        "'identity', or 'tanh' (tanh(raw / scale))",
+    )
+    scale: float = Field(1.0, gt=0, description="the tanh scale, used when transform is not 'auto'")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="more keyword arguments for vllm.LLM (override the options above)"
+    )
+
+
+class VLLMRewardModel:
+    """A :class:`~rstar.interfaces.RewardModel` running vLLM's pooling runner in-process.
+
+    ``transform`` is the `ScoreTransform` applied to raw scores; ``max_len`` the context length texts
+    are fitted to (None when unknown: nothing is cut). ``close()`` shuts the engine down.
+    """
+
+    Options = VLLMRewardOptions
+
+    def __init__(self, options: VLLMRewardOptions) -> None:
+        try:
+            import vllm
+        except ImportError:
+            raise MissingExtraError("reward model 'vllm'", "vllm", "vllm") from None
+        self.options = options
+        self._vllm = vllm
+        self._lock = threading.Lock()
+        self.transform = (
+            checkpoint_transform(options.model, options.trust_remote_code)
+            if options.transform == "auto"
+            else ScoreTransform(transform=options.transform, scale=options.scale)
+        )
+        self._engine: Any = vllm.LLM(**self.engine_arguments())
+        self.tokenizer = self._engine.get_tokenizer()
+        self._encode = encoder_of(self.tokenizer)
+        self._bos: int | None = getattr(self.tokenizer, "bos_token_id", None)
+        self.max_len: int | None = options.max_model_len or self._engine_max_len()
+        if self.max_len is None:
+            log.warning("vllm reward model: the model's context length is unknown; text lengths are not checked")
+        self.pooling_params = raw_pooling_params(vllm)
+
+    def engine_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``vllm.LLM``."""
+        o = self.options
+        kwargs: dict[str, Any] = {
+            "model": o.model,
+            "runner": "pooling",
+            "dtype": o.dtype,
+            "tensor_parallel_size": o.tensor_parallel_size,
+            "gpu_memory_utilization": o.gpu_memory_utilization,
+            "trust_remote_code": o.trust_remote_code,
+        }
+        if o.tokenizer is not None:
+            kwargs["tokenizer"] = o.tokenizer
+        if o.max_model_len is not None:
+            kwargs["max_model_len"] = o.max_model_len
+        if o.enable_prefix_caching is not None:
+            kwargs["enable_prefix_caching"] = o.enable_prefix_caching
+        kwargs.update(o.engine_kwargs)
+        return kwargs
+
+    def _engine_max_len(self) -> int | None:
+        for path in (("llm_engine", "model_config", "max_model_len"), ("model_config", "max_model_len")):
+            value: Any = self._engine
+            for name in path:
+                value = getattr(value, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def engine_prompt(self, text: str) -> str | dict[str, list[int]]:
+        """``text`` as is, or its last ``max_len`` tokens as a ``TokensPrompt`` when it is longer."""
+        ids = fit_tokens(text, self._encode, self.max_len, self._bos)
+        return text if ids is None else {"prompt_token_ids": ids}
+
+    async def score(self, items: Sequence[RewardRequest]) -> list[float]:
+        """One reward per item, in order (the transformed head output at the text's last token)."""
+        batch = list(items)
+        if not batch:
+            return []
+        return await asyncio.to_thread(self.score_sync, batch)
+
+    def score_sync(self, items: Sequence[RewardRequest]) -> list[float]:
+        """The blocking form of :meth:`score`."""
+        texts = [reward_text(i.prompt, i.solution) for i in items]
+        if not texts:
+            return []
+        with self._lock:
+            engine = self._require()
+            prompts = [self.engine_prompt(t) for t in texts]
+            report_cut("vllm", sum(isinstance(p, dict) for p in prompts), len(prompts), self.max_len)
+            outputs = list(engine.classify(prompts, pooling_params=self.pooling_params, use_tqdm=False))
+        if len(outputs) != len(texts):
+            raise RstarError(f"vllm returned {len(outputs)} outputs for {len(texts)} texts")
+        return [self.transform(raw_score(out)) for out in outputs]
+
+    def _require(self) -> Any:
+        if self._engine is None:
+            raise RstarError("this vllm reward model is closed")
+        return self._engine
+
+    def close(self) -> None:
+        """Shut the engine down (its worker processes too) and release GPU memory."""
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        shutdown = getattr(engine, "shutdown", None)
+        if not callable(shutdown):  # vllm.LLM: the V1 engine core client owns the processes
+            shutdown = getattr(getattr(getattr(engine, "llm_engine", None), "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del engine
+        release_gpu_memory()
+
+
+def raw_pooling_params(vllm: Any) -> Any:
+    """``PoolingParams`` asking for the classifier's raw output (no sigmoid/softmax)."""
+    try:
+        return vllm.PoolingParams(use_activation=False)  # vLLM >= 0.11.1
+    except TypeError:
+        return vllm.PoolingParams(activation=False)  # vLLM 0.11.0
+
+
+def raw_score(output: Any) -> float:
+    """The one value of a ``ClassificationRequestOutput`` (``outputs.probs``; ``outputs.data`` for a
+    ``PoolingRequestOutput``)."""
+    inner = getattr(output, "outputs", None)
+    data = getattr(inner, "probs", None)
+    if data is None:
+        data = getattr(inner, "data", None)
+    if data is None:
+        raise RstarError(f"vllm returned an output without a score: {output!r}")
+    values = data.flatten().tolist() if hasattr(data, "flatten") else list(data)
+    if len(values) != 1:
+        raise RstarError(
+            f"vllm returned {len(values)} values per text; a reward checkpoint has one label (num_labels = 1)"
+        )
+    return float(values[0])
+
+
+# --- shared with the sglang reward model ------------------------------------------------------------
+
+
+def keep_end(ids: Sequence[int], limit: int, bos_token_id: int | None) -> list[int]:
+    """The last ``limit`` tokens of ``ids``, keeping a leading BOS token (counted in ``limit``)."""
+    if len(ids) <= limit:
+        return list(ids)
+    head = 1 if bos_token_id is not None and list(ids[:1]) == [bos_token_id] and limit > 1 else 0
+    return list(ids[:head]) + list(ids[len(ids) - (limit - head) :])
+
+
+def fit_tokens(
+    text: str, encode: Callable[[str], list[int]] | None, limit: int | None, bos_token_id: int | None
+) -> list[int] | None:
+    """None when ``text`` fits ``limit`` tokens (short texts are not tokenized), else its cut token ids."""
+    if limit is None or encode is None or len(text.encode("utf-8")) + BYTES_MARGIN <= limit:
+        return None
+    ids = encode(text)
+    return None if len(ids) <= limit else keep_end(ids, limit, bos_token_id)
+
+
+def report_cut(backend: str, cut: int, total: int, limit: int | None) -> None:
+    """One warning per batch naming how many texts lost their beginning."""
+    if cut:
+        log.warning(
+            "%s reward model: cut %d of %d texts from the left (keeping their end) to fit %s tokens",
+            backend,
+            cut,
+            total,
+            limit,
+        )
+
+
+def checkpoint_transform(model: str, trust_remote_code: bool = False) -> ScoreTransform:
+    """The transform stored in the checkpoint's ``config.json`` (local directory, else the Hub's config);
+    identity when there is none or the config cannot be read (with a warning)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return ScoreTransform.from_checkpoint(path)
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # any failure to fetch a config leaves the scores raw, loudly
+        log.warning("reward model: cannot read the config of %r (%s); scores are not transformed", model, exc)
+        return ScoreTransform()
+    stored = getattr(config, CONFIG_KEY, None)
+    return ScoreTransform.from_dict(stored if isinstance(stored, dict) else None)
+
+
+__all__ = [
+    "VLLMRewardModel",
+    "VLLMRewardOptions",
+    "checkpoint_transform",
+    "fit_tokens",
+    "keep_end",
+    "raw_pooling_params",
+    "raw_score",
+]
