@@ -49,7 +49,7 @@ from pydantic import ConfigDict, Field, PositiveInt
 from rstar.config import Options, check_recipe, merge_over, options_problems
 from rstar.errors import ConfigError
 from rstar.registry import Registry
-from rstar.runner import DONE, ComponentCache, Runner, _changed_keys, _write_atomic, read_trees, search_summary
+from rstar.runner import DONE, ComponentCache, Runner, changed_keys, read_trees, search_summary, write_atomic
 from rstar.types import Tree
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -325,13 +325,13 @@ class Comparison:
         if not config_path.exists():
             return "computed", []
         stored = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        changed = [k for k in _changed_keys(stored, cell.recipe) if k != "output_dir"]
+        changed = [k for k in changed_keys(stored, cell.recipe) if k != "output_dir"]
         if changed:
             shutil.rmtree(cell.folder)
             return "recomputed", changed
         if stored.get("output_dir") != cell.recipe["output_dir"]:
             # The same cell under a moved output_dir: record the new path, keep the results.
-            _write_atomic(config_path, yaml.safe_dump(cell.recipe, sort_keys=False))
+            write_atomic(config_path, yaml.safe_dump(cell.recipe, sort_keys=False))
         if (cell.folder / "search" / DONE).exists():
             return "reused", []
         return "resumed", []
@@ -350,8 +350,8 @@ def write_outputs(
         "csv": output_dir / "compare.csv",
         "json": output_dir / "compare.json",
     }
-    _write_atomic(files["markdown"], markdown_table(rows, options))
-    _write_atomic(files["csv"], csv_text(rows))
+    write_atomic(files["markdown"], markdown_table(rows, options))
+    write_atomic(files["csv"], csv_text(rows))
     report = {
         "recipe": source,
         "bootstrap": options.bootstrap,
@@ -359,7 +359,7 @@ def write_outputs(
         "seed": options.seed,
         "rows": rows,
     }
-    _write_atomic(files["json"], json.dumps(report, indent=2))
+    write_atomic(files["json"], json.dumps(report, indent=2))
     note = None
     png = output_dir / "compare.png"
     if plot(rows, png, options.confidence):

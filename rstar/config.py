@@ -262,6 +262,10 @@ def _recipe_problems(data: Mapping[str, Any], registry: Registry, nested: bool =
         from rstar.extract import ExtractOptions
 
         problems += options_problems(ExtractOptions, data["extract"], "extract")
+    if nested and isinstance(data.get("compare"), Mapping):
+        from rstar.compare import grid_problems
+
+        problems += grid_problems(data, registry)
     if nested:
         for path, merged in derived_configs(data):
             problems += [f"{path}.{p}" for p in _recipe_problems(merged, registry, nested=False)]

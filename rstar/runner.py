@@ -149,7 +149,7 @@ class Runner:
             ]
             results += round_results
             summary = {r.name: r.summary for r in round_results}
-            _write_atomic(self.output_dir / f"round_{k}" / "summary.json", json.dumps(summary, indent=2))
+            write_atomic(self.output_dir / f"round_{k}" / "summary.json", json.dumps(summary, indent=2))
             report = write_report(self.output_dir)
             self.pm.hook.round_end(run=self.info, round=k, summary=summary)
             self.progress("round_end", {"round": k, "summary": summary, "report": report})
@@ -160,7 +160,7 @@ class Runner:
         config_path = self.output_dir / "config.yaml"
         if config_path.exists():
             previous = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-            changed = _changed_keys(previous, self.recipe)
+            changed = changed_keys(previous, self.recipe)
             if changed:
                 raise ConfigError(
                     [
@@ -169,8 +169,8 @@ class Runner:
                     ]
                 )
         else:
-            _write_atomic(config_path, yaml.safe_dump(self.recipe, sort_keys=False))
-        _write_atomic(self.output_dir / "plugins.json", json.dumps(plugin_versions(self.pm), indent=2, sort_keys=True))
+            write_atomic(config_path, yaml.safe_dump(self.recipe, sort_keys=False))
+        write_atomic(self.output_dir / "plugins.json", json.dumps(plugin_versions(self.pm), indent=2, sort_keys=True))
 
     def _stage(self, stage: str, round_index: int, cfg: Mapping[str, Any], folder: Path) -> StageResult:
         if (folder / DONE).exists():
@@ -194,7 +194,7 @@ class Runner:
         resolved = {**cfg, **self.resolve_checkpoints({k: v for k, v in cfg.items() if k not in skip}, round_index)}
         summary = stages[stage](resolved, folder, round_index)
         summary.setdefault("seconds", round(time.perf_counter() - started, 2))
-        _write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
+        write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
         (folder / DONE).touch()
         self.pm.hook.stage_end(run=self.info, round=round_index, stage=stage, summary=summary)
         self.progress("stage_end", {"stage": stage, "round": round_index, "folder": folder, "summary": summary})
@@ -312,7 +312,7 @@ class Runner:
                 sub_folder.mkdir(parents=True, exist_ok=True)
                 self.progress("evaluate_run", {"round": round_index, "label": label})
                 summaries[label] = self._search_stage(sub, sub_folder, round_index, cache=cache)
-                _write_atomic(sub_folder / "summary.json", json.dumps(summaries[label], indent=2))
+                write_atomic(sub_folder / "summary.json", json.dumps(summaries[label], indent=2))
                 (sub_folder / DONE).touch()
         finally:
             cache.close()
@@ -408,7 +408,7 @@ def read_trees(path: Path, repair: bool = False) -> dict[str, Tree]:
         trees[tree.id] = tree
         good.append(line if line.endswith("\n") else line + "\n")
     if repair and len(good) != len(lines):
-        _write_atomic(path, "".join(good))
+        write_atomic(path, "".join(good))
     return trees
 
 
@@ -432,20 +432,22 @@ def search_summary(trees: list[Tree], seconds: float, strategy: str) -> dict[str
     }
 
 
-def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of the keys whose values differ between two recipes."""
     keys = sorted(set(old) | set(new))
     changed: list[str] = []
     for key in keys:
         a, b = old.get(key), new.get(key)
         path = f"{prefix}{key}"
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            changed += _changed_keys(a, b, path + ".")
+            changed += changed_keys(a, b, path + ".")
         elif a != b:
             changed.append(path)
     return changed
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, then rename it over ``path``: readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

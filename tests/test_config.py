@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rstar.config import apply_overrides, check_recipe, load_recipe, round_config
@@ -109,3 +111,12 @@ def test_round_overrides_of_recipe_keys_are_validated_too(rstar_registry):
 def test_reward_model_none_means_no_reward_model(rstar_registry):
     assert check_recipe({**BASE, "reward_model": {"name": "none"}}, rstar_registry) == []
     assert check_recipe({**BASE, "reward_model": None}, rstar_registry) == []
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("recipes/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(path, monkeypatch):
+    from rstar.config import load_recipe
+    from rstar.registry import get_registry
+
+    monkeypatch.chdir(path.parent.parent)  # recipes name files relative to the repository root
+    assert check_recipe(load_recipe(path), get_registry()) == []

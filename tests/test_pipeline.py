@@ -116,6 +116,7 @@ def test_a_marker_for_a_stage_that_has_not_run_is_an_error(tmp_path, adder_jsonl
     with pytest.raises(ConfigError, match="train_ppm stage has not written yet"):
         Runner(recipe, get_registry(), get_plugin_manager()).run()
     recipe["rounds"] = [{"reward_model": {"name": "hf", "model": "@previous.ppm"}}]
+    recipe["output_dir"] = str(tmp_path / "run2")
     with pytest.raises(ConfigError, match="round 1 has no previous round"):
         Runner(recipe, get_registry(), get_plugin_manager()).run()
 
