@@ -95,6 +95,7 @@ class ExtractOptions(Options):
     prompt: str = Field(
         "sft", description="prompt template of the rendered prompts: 'sft', 'bootstrap' or a path to a .json file"
     )
+    few_shot: int = Field(2, ge=0, description="worked examples in the rendered prompts (templates that have some)")
 
 
 @dataclass
@@ -377,7 +378,7 @@ def extract(trees: Iterable[Tree], options: ExtractOptions) -> Extraction:
     records from each of them.
     """
     try:
-        fmt = StepFormat.from_options(options.prompt)
+        fmt = StepFormat.from_options(options.prompt, options.few_shot)
     except ConfigError as exc:  # the template loader names the step_format section
         raise ConfigError([p.replace("step_format.prompt", "extract.prompt") for p in exc.problems]) from None
     result = Extraction()

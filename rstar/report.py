@@ -51,7 +51,7 @@ def round_rows(run_dir: Path) -> list[dict[str, Any]]:
             "sft_examples": extract.get("sft_records"),
             "pairs": _pairs(extract),
             "sft_loss": sft.get("train_loss"),
-            "ppm_acc": ppm.get("val_pairwise_accuracy"),
+            "ppm_acc": ppm.get("val_accuracy"),
             "minutes": round(sum(float(s.get("seconds", 0) or 0) for s in stages.values()) / 60, 1),
             "eval": {label: run.get("accuracy") for label, run in evaluate.items()},
         }
