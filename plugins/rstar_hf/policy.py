@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from rstar.config import Options
-from rstar.errors import ConfigError, MissingExtraError, RstarError
+from rstar.errors import MissingExtraError, RstarError
 from rstar.models import resolve_source
 from rstar.types import GenerationRequest, GenerationResult
+from rstar_hf._loading import describe, load_tokenizer, pick_device, pick_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -101,8 +102,8 @@ class HFPolicy:
             raise MissingExtraError("the 'hf' policy", exc.name or "transformers", "hf") from None
         if options.threads is not None:
             torch.set_num_threads(options.threads)
-        self.device: torch.device = _device(options.device)
-        self.dtype: torch.dtype = _dtype(options.dtype, self.device)
+        self.device: torch.device = pick_device(options.device, "hf policy")
+        self.dtype: torch.dtype = pick_dtype(options.dtype, self.device)
         model_src, gguf = resolve_source(options.model, options.gguf_file)
         if options.tokenizer is None:
             tok_src, tok_gguf = model_src, gguf
@@ -113,7 +114,7 @@ class HFPolicy:
                 import gguf as _gguf  # noqa: F401
             except ImportError:
                 raise MissingExtraError("the 'hf' policy (GGUF models)", "gguf", "hf") from None
-        self.tokenizer = _load_tokenizer(tok_src, tok_gguf, options.trust_remote_code)
+        self.tokenizer = load_tokenizer(tok_src, tok_gguf, options.trust_remote_code, "hf policy")
         self.model = _load_model(model_src, gguf, self.dtype, self.device, options.trust_remote_code)
         from rstar_hf._engine import Engine
 
@@ -153,42 +154,6 @@ class HFPolicy:
 # --- where the model comes from ------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError([f"hf policy: device {name!r} is not a torch device ({exc})"]) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError([f"hf policy: device {name!r} asked for, but torch sees no CUDA GPU; use device: cpu"])
-    return device
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    import torch
-
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _load_tokenizer(source: str, gguf: str | None, trust_remote_code: bool) -> Any:
-    from transformers import AutoTokenizer
-
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf is not None:
-        kwargs["gguf_file"] = gguf
-    try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise RstarError(f"hf policy: cannot load the tokenizer from {_describe(source, gguf)}: {exc}") from exc
-
-
 def _load_model(
     source: str, gguf: str | None, dtype: torch.dtype, device: torch.device, trust_remote_code: bool
 ) -> Any:
@@ -203,11 +168,7 @@ def _load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise RstarError(f"hf policy: cannot load the model from {_describe(source, gguf)}: {exc}") from exc
+        raise RstarError(f"hf policy: cannot load the model from {describe(source, gguf)}: {exc}") from exc
     model.to(device)  # type: ignore[arg-type]
     model.eval()  # type: ignore[no-untyped-call]
     return model
-
-
-def _describe(source: str, gguf: str | None) -> str:
-    return f"{source!r} (GGUF file {gguf!r})" if gguf else repr(source)

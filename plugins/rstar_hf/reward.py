@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from rstar.config import Options
-from rstar.errors import ConfigError, MissingExtraError, RstarError
+from rstar.errors import MissingExtraError, RstarError
 from rstar.models import resolve_source
 from rstar.reward import CONFIG_KEY, ScoreTransform, reward_text
 from rstar.types import RewardRequest
+from rstar_hf._loading import describe, load_tokenizer, pick_device, pick_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -106,8 +107,8 @@ class HFRewardModel:
             raise MissingExtraError("the 'hf' reward model", exc.name or "transformers", "hf") from None
         if options.threads is not None:
             torch.set_num_threads(options.threads)
-        self.device: torch.device = _device(options.device)
-        self.dtype: torch.dtype = _dtype(options.dtype, self.device)
+        self.device: torch.device = pick_device(options.device, "hf reward model")
+        self.dtype: torch.dtype = pick_dtype(options.dtype, self.device)
         model_src, gguf = resolve_source(options.model, options.gguf_file)
         if options.tokenizer is None:
             tok_src, tok_gguf = model_src, gguf
@@ -118,12 +119,12 @@ class HFRewardModel:
                 import gguf as _gguf  # noqa: F401
             except ImportError:
                 raise MissingExtraError("the 'hf' reward model (GGUF models)", "gguf", "hf") from None
-        self.tokenizer = _load_tokenizer(tok_src, tok_gguf, options.trust_remote_code)
+        self.tokenizer = load_tokenizer(tok_src, tok_gguf, options.trust_remote_code, "hf reward model")
         self.model, missing = _load_model(model_src, gguf, self.dtype, options.trust_remote_code)
         self.head: Any = getattr(self.model, "score", None)
         if not isinstance(self.head, torch.nn.Linear) or self.head.out_features != 1:
             raise RstarError(
-                f"hf reward model: {type(self.model).__name__} from {_describe(model_src, gguf)} has no one-label "
+                f"hf reward model: {type(self.model).__name__} from {describe(model_src, gguf)} has no one-label "
                 "linear 'score' head; use a decoder-only checkpoint (Llama, Qwen2, Mistral, ...)"
             )
         head_keys = sorted(k for k in missing if k.startswith("score."))
@@ -133,7 +134,7 @@ class HFRewardModel:
             log.warning(
                 "hf reward model: %s has no trained reward head (%s missing); using a random head drawn from "
                 "head_seed=%d. Its scores are reproducible noise, not rewards: train a PPM for real scores",
-                _describe(model_src, gguf),
+                describe(model_src, gguf),
                 ", ".join(head_keys),
                 options.head_seed,
             )
@@ -239,42 +240,6 @@ def choose_transform(choice: str, scale: float, stored: Mapping[str, Any] | None
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError([f"reward_model.device: {name!r} is not a torch device ({exc})"]) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError([f"reward_model.device: {name!r} asked for, but torch sees no CUDA GPU; use device: cpu"])
-    return device
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    import torch
-
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _load_tokenizer(source: str, gguf: str | None, trust_remote_code: bool) -> Any:
-    from transformers import AutoTokenizer
-
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf is not None:
-        kwargs["gguf_file"] = gguf
-    try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise RstarError(f"hf reward model: cannot load the tokenizer from {_describe(source, gguf)}: {exc}") from exc
-
-
 def _load_model(source: str, gguf: str | None, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, set[str]]:
     """The one-label classifier and the names of the weights the checkpoint lacked."""
     import transformers
@@ -293,7 +258,7 @@ def _load_model(source: str, gguf: str | None, dtype: torch.dtype, trust_remote_
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise RstarError(f"hf reward model: cannot load the model from {_describe(source, gguf)}: {exc}") from exc
+        raise RstarError(f"hf reward model: cannot load the model from {describe(source, gguf)}: {exc}") from exc
     return model, set(info.get("missing_keys") or ())
 
 
@@ -324,10 +289,6 @@ def _special_tokens(tokenizer: Any, config: Any) -> tuple[list[int], int]:
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = pad
     return prefix, int(pad)
-
-
-def _describe(source: str, gguf: str | None) -> str:
-    return f"{source!r} (GGUF file {gguf!r})" if gguf else repr(source)
 
 
 __all__ = ["HFRewardModel", "HFRewardOptions", "choose_transform"]
