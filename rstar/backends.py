@@ -169,3 +169,36 @@ def find_stop(text: str, stops: Sequence[str], old_len: int = 0) -> tuple[int, s
         if best is None or end < best[0] or (end == best[0] and len(stop) > len(best[1])):
             best = (end, stop)
     return best
+
+
+# --- fitting reward-model texts (keep the end: the step being judged) ---------------------------------
+
+
+def keep_end(ids: Sequence[int], limit: int, bos_token_id: int | None) -> list[int]:
+    """The last ``limit`` tokens of ``ids``, keeping a leading BOS token (counted in ``limit``)."""
+    if len(ids) <= limit:
+        return list(ids)
+    head = 1 if bos_token_id is not None and list(ids[:1]) == [bos_token_id] and limit > 1 else 0
+    return list(ids[:head]) + list(ids[len(ids) - (limit - head) :])
+
+
+def fit_tokens(
+    text: str, encode: Callable[[str], list[int]] | None, limit: int | None, bos_token_id: int | None
+) -> list[int] | None:
+    """None when ``text`` fits ``limit`` tokens (short texts are not tokenized), else its cut token ids."""
+    if limit is None or encode is None or len(text.encode("utf-8")) + BYTES_MARGIN <= limit:
+        return None
+    ids = encode(text)
+    return None if len(ids) <= limit else keep_end(ids, limit, bos_token_id)
+
+
+def report_cut(backend: str, cut: int, total: int, limit: int | None) -> None:
+    """One warning per batch naming how many texts lost their beginning."""
+    if cut:
+        log.warning(
+            "%s reward model: cut %d of %d texts from the left (keeping their end) to fit %s tokens",
+            backend,
+            cut,
+            total,
+            limit,
+        )

@@ -20,6 +20,7 @@ so training and inference cannot disagree. A checkpoint without that key is scor
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rstar.errors import RstarError
+
+log = logging.getLogger(__name__)
 
 CONFIG_KEY = "rstar_reward"
 """Key of `ScoreTransform` in a reward checkpoint's ``config.json``."""
@@ -77,4 +80,21 @@ def reward_text(prompt: str, solution: str) -> str:
     return prompt + solution
 
 
-__all__ = ["CONFIG_KEY", "ScoreTransform", "reward_text"]
+def checkpoint_transform(model: str, trust_remote_code: bool = False) -> ScoreTransform:
+    """The transform stored in the checkpoint's ``config.json`` (local directory, else the Hub's config);
+    identity when there is none or the config cannot be read (with a warning)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return ScoreTransform.from_checkpoint(path)
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # any failure to fetch a config leaves the scores raw, loudly
+        log.warning("reward model: cannot read the config of %r (%s); scores are not transformed", model, exc)
+        return ScoreTransform()
+    stored = getattr(config, CONFIG_KEY, None)
+    return ScoreTransform.from_dict(stored if isinstance(stored, dict) else None)
+
+
+__all__ = ["CONFIG_KEY", "ScoreTransform", "checkpoint_transform", "reward_text"]

@@ -21,12 +21,13 @@ from typing import Any
 import pydantic
 import pytest
 import rstar_vllm
-from rstar_vllm.reward import VLLMRewardModel, VLLMRewardOptions, checkpoint_transform, keep_end, raw_score
+from rstar_vllm.reward import VLLMRewardModel, VLLMRewardOptions, raw_score
 
+from rstar.backends import keep_end
 from rstar.errors import MissingExtraError, RstarError
 from rstar.plugins import make_plugin_manager
 from rstar.registry import Registry
-from rstar.reward import CONFIG_KEY, ScoreTransform
+from rstar.reward import CONFIG_KEY, ScoreTransform, checkpoint_transform
 from rstar.types import RewardRequest
 
 BOS = 1

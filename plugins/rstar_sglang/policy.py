@@ -16,7 +16,7 @@ keep the stop string (``no_stop_trim``) and special tokens (``skip_special_token
 Results follow rstar's policy semantics, as the ``vllm`` policy: ``meta_info.finish_reason`` of
 type ``stop`` with a matched *string* is ``"stop"`` (the string kept at the end of the text, once),
 with a matched token id (EOS or a stop token) ``"eos"``; ``length`` is ``"length"``. Prompts too long
-for the context are handled per request, as in the ``vllm`` policy (`rstar_vllm.policy.plan_prompts`).
+for the context are handled per request, as in the ``vllm`` policy (`rstar.backends.plan_prompts`).
 
 This module imports neither sglang nor torch at import time.
 """
@@ -141,7 +141,7 @@ class SGLangPolicy:
     # --- requests ------------------------------------------------------------------------------
 
     def plan(self, requests: Sequence[GenerationRequest]) -> list[PromptPlan]:
-        """How each request goes to the engine (see `rstar_vllm.policy.plan_prompts`)."""
+        """How each request goes to the engine (see `rstar.backends.plan_prompts`)."""
         plans = plan_prompts(requests, self._encode, self.max_len, self.options.long_prompts, self._bos)
         report_long_prompts("sglang", plans, self.max_len)
         return plans

@@ -26,12 +26,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
-from rstar_vllm.reward import checkpoint_transform, fit_tokens, report_cut
 
-from rstar.backends import Dtype, encoder_of, load_hf_tokenizer, release_gpu_memory
+from rstar.backends import Dtype, encoder_of, fit_tokens, load_hf_tokenizer, release_gpu_memory, report_cut
 from rstar.config import Options
 from rstar.errors import MissingExtraError, RstarError
-from rstar.reward import ScoreTransform, reward_text
+from rstar.reward import ScoreTransform, checkpoint_transform, reward_text
 from rstar.types import RewardRequest
 
 log = logging.getLogger(__name__)

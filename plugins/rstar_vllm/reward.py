@@ -23,16 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
 
-from rstar.backends import BYTES_MARGIN, Dtype, encoder_of, release_gpu_memory
+from rstar.backends import Dtype, encoder_of, fit_tokens, release_gpu_memory, report_cut
 from rstar.config import Options
 from rstar.errors import MissingExtraError, RstarError
-from rstar.reward import CONFIG_KEY, ScoreTransform, reward_text
+from rstar.reward import ScoreTransform, checkpoint_transform, reward_text
 from rstar.types import RewardRequest
 
 log = logging.getLogger(__name__)
@@ -210,59 +209,9 @@ def raw_score(output: Any) -> float:
 # --- shared with the sglang reward model ------------------------------------------------------------
 
 
-def keep_end(ids: Sequence[int], limit: int, bos_token_id: int | None) -> list[int]:
-    """The last ``limit`` tokens of ``ids``, keeping a leading BOS token (counted in ``limit``)."""
-    if len(ids) <= limit:
-        return list(ids)
-    head = 1 if bos_token_id is not None and list(ids[:1]) == [bos_token_id] and limit > 1 else 0
-    return list(ids[:head]) + list(ids[len(ids) - (limit - head) :])
-
-
-def fit_tokens(
-    text: str, encode: Callable[[str], list[int]] | None, limit: int | None, bos_token_id: int | None
-) -> list[int] | None:
-    """None when ``text`` fits ``limit`` tokens (short texts are not tokenized), else its cut token ids."""
-    if limit is None or encode is None or len(text.encode("utf-8")) + BYTES_MARGIN <= limit:
-        return None
-    ids = encode(text)
-    return None if len(ids) <= limit else keep_end(ids, limit, bos_token_id)
-
-
-def report_cut(backend: str, cut: int, total: int, limit: int | None) -> None:
-    """One warning per batch naming how many texts lost their beginning."""
-    if cut:
-        log.warning(
-            "%s reward model: cut %d of %d texts from the left (keeping their end) to fit %s tokens",
-            backend,
-            cut,
-            total,
-            limit,
-        )
-
-
-def checkpoint_transform(model: str, trust_remote_code: bool = False) -> ScoreTransform:
-    """The transform stored in the checkpoint's ``config.json`` (local directory, else the Hub's config);
-    identity when there is none or the config cannot be read (with a warning)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return ScoreTransform.from_checkpoint(path)
-    try:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # any failure to fetch a config leaves the scores raw, loudly
-        log.warning("reward model: cannot read the config of %r (%s); scores are not transformed", model, exc)
-        return ScoreTransform()
-    stored = getattr(config, CONFIG_KEY, None)
-    return ScoreTransform.from_dict(stored if isinstance(stored, dict) else None)
-
-
 __all__ = [
     "VLLMRewardModel",
     "VLLMRewardOptions",
-    "checkpoint_transform",
-    "fit_tokens",
-    "keep_end",
     "raw_pooling_params",
     "raw_score",
 ]
