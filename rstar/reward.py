@@ -97,4 +97,12 @@ def checkpoint_transform(model: str, trust_remote_code: bool = False) -> ScoreTr
     return ScoreTransform.from_dict(stored if isinstance(stored, dict) else None)
 
 
-__all__ = ["CONFIG_KEY", "ScoreTransform", "checkpoint_transform", "reward_text"]
+def transform_option(choice: str, scale: float, model: str, trust_remote_code: bool = False) -> ScoreTransform:
+    """A reward backend's ``transform`` option: ``auto`` reads the checkpoint's (`checkpoint_transform`);
+    ``identity`` / ``tanh`` (with ``scale``) override it."""
+    if choice == "auto":
+        return checkpoint_transform(model, trust_remote_code)
+    return ScoreTransform(transform=choice, scale=scale)  # type: ignore[arg-type]
+
+
+__all__ = ["CONFIG_KEY", "ScoreTransform", "checkpoint_transform", "reward_text", "transform_option"]

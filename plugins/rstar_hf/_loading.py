@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rstar.errors import ConfigError, RstarError
+from rstar.errors import ConfigError, MissingExtraError, RstarError
+from rstar.models import resolve_source
 
 if TYPE_CHECKING:
     import torch
@@ -55,3 +57,43 @@ def load_tokenizer(source: str, gguf: str | None, trust_remote_code: bool, who: 
 def describe(source: str, gguf: str | None) -> str:
     """A model source for messages: the path or Hub id, and the GGUF file if any."""
     return f"{source!r} (GGUF file {gguf!r})" if gguf else repr(source)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the policy and the reward model set up alike before loading their model class."""
+
+    device: torch.device
+    dtype: torch.dtype
+    source: str
+    gguf: str | None
+    tokenizer: Any
+
+
+def prepare(options: Any, what: str) -> Loaded:
+    """Check the extras, set torch's threads, pick device and dtype, resolve the model and tokenizer
+    sources and load the tokenizer, for the ``hf`` component ``what`` (``"policy"``, ``"reward model"``).
+    ``options`` has ``model``, ``gguf_file``, ``tokenizer``, ``device``, ``dtype``, ``threads`` and
+    ``trust_remote_code``."""
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError(f"the 'hf' {what}", exc.name or "transformers", "hf") from None
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    who = f"hf {what}"
+    device = pick_device(options.device, who)
+    dtype = pick_dtype(options.dtype, device)
+    source, gguf = resolve_source(options.model, options.gguf_file)
+    if options.tokenizer is None:
+        tok_src, tok_gguf = source, gguf
+    else:
+        tok_src, tok_gguf = resolve_source(options.tokenizer, None)
+    if gguf is not None or tok_gguf is not None:
+        try:
+            import gguf as _gguf  # noqa: F401
+        except ImportError:
+            raise MissingExtraError(f"the 'hf' {what} (GGUF models)", "gguf", "hf") from None
+    tokenizer = load_tokenizer(tok_src, tok_gguf, options.trust_remote_code, who)
+    return Loaded(device, dtype, source, gguf, tokenizer)

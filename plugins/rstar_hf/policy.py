@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from rstar.config import Options
-from rstar.errors import MissingExtraError, RstarError
-from rstar.models import resolve_source
+from rstar.errors import RstarError
 from rstar.types import GenerationRequest, GenerationResult
-from rstar_hf._loading import describe, load_tokenizer, pick_device, pick_dtype
+from rstar_hf._loading import describe, prepare
 
 if TYPE_CHECKING:
     import torch
@@ -95,26 +94,12 @@ class HFPolicy:
 
     def __init__(self, options: HFPolicyOptions) -> None:
         self.options = options
-        try:
-            import torch
-            import transformers  # noqa: F401
-        except ImportError as exc:
-            raise MissingExtraError("the 'hf' policy", exc.name or "transformers", "hf") from None
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)
-        self.device: torch.device = pick_device(options.device, "hf policy")
-        self.dtype: torch.dtype = pick_dtype(options.dtype, self.device)
-        model_src, gguf = resolve_source(options.model, options.gguf_file)
-        if options.tokenizer is None:
-            tok_src, tok_gguf = model_src, gguf
-        else:
-            tok_src, tok_gguf = resolve_source(options.tokenizer, None)
-        if gguf is not None or tok_gguf is not None:
-            try:
-                import gguf as _gguf  # noqa: F401
-            except ImportError:
-                raise MissingExtraError("the 'hf' policy (GGUF models)", "gguf", "hf") from None
-        self.tokenizer = load_tokenizer(tok_src, tok_gguf, options.trust_remote_code, "hf policy")
+        loaded = prepare(options, "policy")
+
+        self.device: torch.device = loaded.device
+        self.dtype: torch.dtype = loaded.dtype
+        self.tokenizer = loaded.tokenizer
+        model_src, gguf = loaded.source, loaded.gguf
         self.model = _load_model(model_src, gguf, self.dtype, self.device, options.trust_remote_code)
         from rstar_hf._engine import Engine
 

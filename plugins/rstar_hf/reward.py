@@ -32,11 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from rstar.config import Options
-from rstar.errors import MissingExtraError, RstarError
-from rstar.models import resolve_source
+from rstar.errors import RstarError
 from rstar.reward import CONFIG_KEY, ScoreTransform, reward_text
 from rstar.types import RewardRequest
-from rstar_hf._loading import describe, load_tokenizer, pick_device, pick_dtype
+from rstar_hf._loading import describe, prepare
 
 if TYPE_CHECKING:
     import torch
@@ -100,26 +99,13 @@ class HFRewardModel:
 
     def __init__(self, options: HFRewardOptions) -> None:
         self.options = options
-        try:
-            import torch
-            import transformers  # noqa: F401
-        except ImportError as exc:
-            raise MissingExtraError("the 'hf' reward model", exc.name or "transformers", "hf") from None
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)
-        self.device: torch.device = pick_device(options.device, "hf reward model")
-        self.dtype: torch.dtype = pick_dtype(options.dtype, self.device)
-        model_src, gguf = resolve_source(options.model, options.gguf_file)
-        if options.tokenizer is None:
-            tok_src, tok_gguf = model_src, gguf
-        else:
-            tok_src, tok_gguf = resolve_source(options.tokenizer, None)
-        if gguf is not None or tok_gguf is not None:
-            try:
-                import gguf as _gguf  # noqa: F401
-            except ImportError:
-                raise MissingExtraError("the 'hf' reward model (GGUF models)", "gguf", "hf") from None
-        self.tokenizer = load_tokenizer(tok_src, tok_gguf, options.trust_remote_code, "hf reward model")
+        loaded = prepare(options, "reward model")
+        import torch
+
+        self.device: torch.device = loaded.device
+        self.dtype: torch.dtype = loaded.dtype
+        self.tokenizer = loaded.tokenizer
+        model_src, gguf = loaded.source, loaded.gguf
         self.model, missing = _load_model(model_src, gguf, self.dtype, options.trust_remote_code)
         self.head: Any = getattr(self.model, "score", None)
         if not isinstance(self.head, torch.nn.Linear) or self.head.out_features != 1:

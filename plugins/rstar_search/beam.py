@@ -16,16 +16,13 @@ terminal nodes never take a beam slot, the width cannot go negative, and the cho
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from pydantic import Field
 
 from rstar.config import Options
 from rstar.engine import SearchContext
 from rstar.errors import ConfigError
 from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Tree
-from rstar_search.expand import make_steps
-from rstar_search.mcts import post_filter
+from rstar_search.expand import StepNode, make_steps, post_filter
 
 
 class BeamOptions(Options):
@@ -46,28 +43,8 @@ class BeamOptions(Options):
     )
 
 
-@dataclass(eq=False)
-class _Node:
-    id: str
-    parent: _Node | None
-    depth: int
-    text: str = ""
-    output: str | None = None
-    terminal: bool = False
-    final_answer: str | None = None
-    valid_answer: bool = False
-    consecutive_errors: int = 0
-    value: float | None = None
-    correct: bool | None = None
-    children: list[_Node] = field(default_factory=list)
-
-    def path_texts(self) -> list[str]:
-        texts: list[str] = []
-        node: _Node | None = self
-        while node is not None and node.parent is not None:
-            texts.append(node.text)
-            node = node.parent
-        return texts[::-1]
+_Node = StepNode
+"""Beam nodes are plain steps; ``value`` holds the reward model's score."""
 
 
 class Beam:
@@ -130,18 +107,7 @@ class Beam:
         )
         children = []
         for (node, _), step in zip(parents, steps, strict=True):
-            child = _Node(
-                f"{node.id}.{len(node.children) + 1}",
-                node,
-                node.depth + 1,
-                text=step.text,
-                output=step.output,
-                terminal=step.terminal,
-                final_answer=step.final_answer,
-                valid_answer=step.is_valid_answer,
-                consecutive_errors=step.consecutive_errors,
-            )
-            node.children.append(child)
+            child = node.add_child(_Node, step)
             children.append(child)
         to_score = [ch for ch in children if ch.valid_answer or not ch.terminal]
         prompt = fmt.render_prompt(problem.question)

@@ -6,10 +6,11 @@ Shared by the strategies so that a step means the same thing in every one of the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from rstar.engine import SearchContext
-from rstar.steps import CODE_END, TOO_MANY_ERRORS, TOO_MANY_STEPS
+from rstar.steps import ANSWER_END, CODE_END, TOO_MANY_ERRORS, TOO_MANY_STEPS
 from rstar.types import CodeJob, Sample
 
 
@@ -30,6 +31,76 @@ class StepResult:
             and self.final_answer is not None
             and self.final_answer not in (TOO_MANY_ERRORS, TOO_MANY_STEPS)
         )
+
+
+N = TypeVar("N", bound="StepNode")
+
+
+@dataclass(eq=False)
+class StepNode:
+    """A step in a strategy's tree: what the step format made of a sample, and its place in the tree.
+
+    Strategies with statistics subclass it (`rstar_search.mcts`); node ids follow the tree format:
+    the k-th child of node t is "t.k"."""
+
+    id: str
+    parent: StepNode | None
+    depth: int
+    text: str = ""
+    output: str | None = None
+    terminal: bool = False
+    final_answer: str | None = None
+    valid_answer: bool = False
+    consecutive_errors: int = 0
+    children: list[StepNode] = field(default_factory=list)
+    value: float | None = None
+    correct: bool | None = None
+
+    def add_child(self, cls: type[N], step: StepResult) -> N:
+        """A new child of class ``cls`` made from ``step``, appended to ``children``."""
+        child = cls(
+            f"{self.id}.{len(self.children) + 1}",
+            self,
+            self.depth + 1,
+            text=step.text,
+            output=step.output,
+            terminal=step.terminal,
+            final_answer=step.final_answer,
+            valid_answer=step.is_valid_answer,
+            consecutive_errors=step.consecutive_errors,
+        )
+        self.children.append(child)
+        return child
+
+    def path_texts(self) -> list[str]:
+        """The texts of the steps from the root's first child down to this node."""
+        texts: list[str] = []
+        node: StepNode | None = self
+        while node is not None and node.parent is not None:
+            texts.append(node.text)
+            node = node.parent
+        return texts[::-1]
+
+
+def post_filter(samples: Sequence[Sample], *, dedupe: bool = True, answer_collapse: bool = True) -> list[Sample]:
+    """The original's per-request filter (ALGORITHM.md 2.3): drop repeated texts (the stop string is
+    not part of the comparison), then, if a sample stopped on ``<end_of_answer>``, keep only the first
+    such sample."""
+    kept = list(samples)
+    if dedupe:
+        seen: set[str] = set()
+        unique = []
+        for s in kept:
+            key = s.text[: len(s.text) - len(s.stop)] if s.stop and s.text.endswith(s.stop) else s.text
+            if key not in seen:
+                seen.add(key)
+                unique.append(s)
+        kept = unique
+    if answer_collapse:
+        answers = [s for s in kept if s.finish_reason == "stop" and s.stop == ANSWER_END]
+        if answers:
+            kept = answers[:1]
+    return kept
 
 
 async def make_steps(

@@ -40,9 +40,8 @@ from pydantic import Field
 
 from rstar.config import Options
 from rstar.engine import SearchContext, problem_seed
-from rstar.steps import ANSWER_END
-from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Sample, Tree
-from rstar_search.expand import make_steps
+from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Tree
+from rstar_search.expand import StepNode, make_steps, post_filter
 from rstar_search.vote import PooledVote, top_n_vote
 
 
@@ -81,23 +80,13 @@ class MCTSOptions(Options):
 
 
 @dataclass(eq=False)
-class _Node:
-    """A node of the search tree with the original's statistics (ALGORITHM.md 4.1)."""
+class _Node(StepNode):
+    """A step with the original's statistics (ALGORITHM.md 4.1): visits, value sum, first value."""
 
-    id: str
-    parent: _Node | None
-    depth: int
-    text: str = ""
-    output: str | None = None
-    terminal: bool = False
-    final_answer: str | None = None
-    valid_answer: bool = False
-    consecutive_errors: int = 0
-    children: list[_Node] = field(default_factory=list)
+    parent: _Node | None  # narrowed: an MCTS tree holds only _Node
+    children: list[_Node] = field(default_factory=list)  # type: ignore[assignment]
     visits: int = 0
     value_sum: float = 0.0
-    value: float | None = None
-    correct: bool | None = None
 
     @property
     def q(self) -> float:
@@ -114,35 +103,6 @@ class _Node:
         while node is not None:
             node.update(v)
             node = node.parent
-
-    def path_texts(self) -> list[str]:
-        texts: list[str] = []
-        node: _Node | None = self
-        while node is not None and node.parent is not None:
-            texts.append(node.text)
-            node = node.parent
-        return texts[::-1]
-
-
-def post_filter(samples: Sequence[Sample], *, dedupe: bool = True, answer_collapse: bool = True) -> list[Sample]:
-    """The original's per-request filter (ALGORITHM.md 2.3): drop repeated texts (the stop string is
-    not part of the comparison), then, if a sample stopped on ``<end_of_answer>``, keep only the first
-    such sample."""
-    kept = list(samples)
-    if dedupe:
-        seen: set[str] = set()
-        unique = []
-        for s in kept:
-            key = s.text[: len(s.text) - len(s.stop)] if s.stop and s.text.endswith(s.stop) else s.text
-            if key not in seen:
-                seen.add(key)
-                unique.append(s)
-        kept = unique
-    if answer_collapse:
-        answers = [s for s in kept if s.finish_reason == "stop" and s.stop == ANSWER_END]
-        if answers:
-            kept = answers[:1]
-    return kept
 
 
 class MCTS:
@@ -238,21 +198,7 @@ class _Search:
         parent = (path, node.depth, node.consecutive_errors)
         steps = await make_steps(ctx, [parent] * len(samples), samples, errors_threshold=opts.errors_threshold)
 
-        children = []
-        for k, step in enumerate(steps, start=1):
-            child = _Node(
-                f"{node.id}.{k}",
-                node,
-                node.depth + 1,
-                text=step.text,
-                output=step.output,
-                terminal=step.terminal,
-                final_answer=step.final_answer,
-                valid_answer=step.is_valid_answer,
-                consecutive_errors=step.consecutive_errors,
-            )
-            children.append(child)
-        node.children.extend(children)
+        children = [node.add_child(_Node, step) for step in steps]
 
         answers = [ch for ch in children if ch.valid_answer]
         if self.sampling and answers:

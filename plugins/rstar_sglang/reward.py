@@ -30,7 +30,7 @@ from pydantic import Field
 from rstar.backends import Dtype, encoder_of, fit_tokens, load_hf_tokenizer, release_gpu_memory, report_cut
 from rstar.config import Options
 from rstar.errors import MissingExtraError, RstarError
-from rstar.reward import ScoreTransform, checkpoint_transform, reward_text
+from rstar.reward import reward_text, transform_option
 from rstar.types import RewardRequest
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,7 @@ class SGLangRewardModel:
             raise MissingExtraError("reward model 'sglang'", "sglang", "sglang") from None
         self.options = options
         self._lock = threading.Lock()
-        self.transform = (
-            checkpoint_transform(options.model, options.trust_remote_code)
-            if options.transform == "auto"
-            else ScoreTransform(transform=options.transform, scale=options.scale)
-        )
+        self.transform = transform_option(options.transform, options.scale, options.model, options.trust_remote_code)
         self._engine: Any = sglang.Engine(**self.engine_arguments())
         tokenizer = getattr(getattr(self._engine, "tokenizer_manager", None), "tokenizer", None)
         if not callable(getattr(tokenizer, "encode", None)):

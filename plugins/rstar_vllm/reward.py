@@ -14,8 +14,8 @@ serving the other searches.
   the left (a leading BOS kept), so the step being judged is never cut (ALGORITHM.md section 10,
   bug 9). vLLM's own ``truncate_prompt_tokens`` is not used (it moved between versions).
 
-`keep_end` and `checkpoint_transform` are shared with the ``sglang`` reward model. This module
-imports neither vllm nor torch at import time.
+Text fitting (`rstar.backends.fit_tokens`) and `rstar.reward.transform_option` are shared with the other
+backends. This module imports neither vllm nor torch at import time.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pydantic import Field
 from rstar.backends import Dtype, encoder_of, fit_tokens, release_gpu_memory, report_cut
 from rstar.config import Options
 from rstar.errors import MissingExtraError, RstarError
-from rstar.reward import ScoreTransform, checkpoint_transform, reward_text
+from rstar.reward import reward_text, transform_option
 from rstar.types import RewardRequest
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,7 @@ class VLLMRewardModel:
         self.options = options
         self._vllm = vllm
         self._lock = threading.Lock()
-        self.transform = (
-            checkpoint_transform(options.model, options.trust_remote_code)
-            if options.transform == "auto"
-            else ScoreTransform(transform=options.transform, scale=options.scale)
-        )
+        self.transform = transform_option(options.transform, options.scale, options.model, options.trust_remote_code)
         self._engine: Any = vllm.LLM(**self.engine_arguments())
         self.tokenizer = self._engine.get_tokenizer()
         self._encode = encoder_of(self.tokenizer)
