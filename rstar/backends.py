@@ -1,6 +1,6 @@
 """Helpers for policy backends. `find_stop` finds the stop string that ends a sample (the ``hf``,
-``openai`` and scripted policies use it). For engines with a fixed context (the bundled ``vllm`` and
-``sglang``): fitting prompts into it one request at a time, keeping stop strings, per-sample seeds.
+``openai`` and scripted policies use it). For engines with a fixed context (the bundled ``hf``, ``vllm``
+and ``sglang``): fitting prompts into it one request at a time, keeping stop strings, per-sample seeds.
 Plugin authors writing another backend can use them too.
 
 Nothing here imports an engine: tokenizers are passed in, and transformers/torch are imported only by the
@@ -52,12 +52,9 @@ def plan_prompts(
     long_prompts: LongPrompts,
     bos_token_id: int | None = None,
 ) -> list[PromptPlan]:
-    """Fit each request into a context of ``max_len`` tokens, independently of the others.
+    """Fit each request into a context of ``max_len`` tokens, independently of the others (`fit_ids`).
 
-    A prompt fits when it leaves room for ``max_tokens`` new tokens (for half the context where
-    ``max_tokens`` is larger); ``max_tokens`` is then capped to the room left. A prompt that does not fit is skipped
-    (``long_prompts='skip'``) or cut from the left to leave that room, keeping its end and a leading
-    BOS token (``'truncate'``). Prompts short enough in bytes are not tokenized.
+    Prompts short enough in bytes are not tokenized; a prompt that fits is sent as its text.
     """
     plans = []
     for req in requests:
@@ -67,18 +64,32 @@ def plan_prompts(
         if len(req.prompt.encode("utf-8")) + BYTES_MARGIN + req.max_tokens <= max_len:
             plans.append(PromptPlan(req.prompt, req.max_tokens))
             continue
-        ids = list(encode(req.prompt))
-        room = min(req.max_tokens, max(1, max_len // 2))
-        if len(ids) + room <= max_len:
-            plans.append(PromptPlan(req.prompt, min(req.max_tokens, max_len - len(ids)), len(ids)))
-        elif long_prompts == "skip" or max_len - room < 1:
-            plans.append(PromptPlan(None, 0, len(ids)))
-        else:
-            keep = max_len - room
-            head = 1 if bos_token_id is not None and ids[:1] == [bos_token_id] and keep > 1 else 0
-            kept = ids[:head] + ids[len(ids) - (keep - head) :]
-            plans.append(PromptPlan(kept, min(req.max_tokens, max_len - len(kept)), len(kept), truncated=True))
+        plan = fit_ids(list(encode(req.prompt)), req.max_tokens, max_len, long_prompts, bos_token_id)
+        if plan.prompt is not None and not plan.truncated:
+            plan = PromptPlan(req.prompt, plan.max_tokens, plan.prompt_tokens)
+        plans.append(plan)
     return plans
+
+
+def fit_ids(
+    ids: list[int], max_tokens: int, max_len: int, long_prompts: LongPrompts, bos_token_id: int | None = None
+) -> PromptPlan:
+    """Fit one tokenized prompt into a context of ``max_len`` tokens (every backend's rule).
+
+    A prompt fits when it leaves room for ``max_tokens`` new tokens (for half the context where
+    ``max_tokens`` is larger); ``max_tokens`` is then capped to the room left. A prompt that does not
+    fit is skipped (``long_prompts='skip'``: the plan's prompt is None) or cut from the left to leave
+    that room, keeping its end and a leading BOS token (``'truncate'``).
+    """
+    room = min(max_tokens, max(1, max_len // 2))
+    if len(ids) + room <= max_len:
+        return PromptPlan(ids, min(max_tokens, max_len - len(ids)), len(ids))
+    if long_prompts == "skip" or max_len - room < 1:
+        return PromptPlan(None, 0, len(ids))
+    keep = max_len - room
+    head = 1 if bos_token_id is not None and ids[:1] == [bos_token_id] and keep > 1 else 0
+    kept = ids[:head] + ids[len(ids) - (keep - head) :]
+    return PromptPlan(kept, min(max_tokens, max_len - len(kept)), len(kept), truncated=True)
 
 
 def report_long_prompts(backend: str, plans: Sequence[PromptPlan], max_len: int | None) -> None:

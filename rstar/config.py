@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +32,11 @@ class Options(BaseModel):
     """Base class of component options: frozen, and any unknown key is an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def needs(self) -> tuple[str, ...]:
+        """Other sections of the recipe that a component with these options cannot run without, such as
+        ``("reward_model",)`` for a search ranked by one. `rstar validate` reports each one missing."""
+        return ()
 
 
 class NoOptions(Options):
@@ -70,6 +75,16 @@ class StepFormatOptions(Options):
 
     prompt: str = Field("bootstrap", description="'bootstrap' (few-shot), 'sft', or a path to a prompt JSON file")
     few_shot: int = Field(2, ge=0, description="number of few-shot examples (bootstrap prompt)")
+    interpreter: Literal["repl", "original"] = Field(
+        "repl",
+        description="'repl': a step's program runs like a notebook cell; 'original': its output is what the "
+        "original's Python tool returned (labels with 2+ prints, lost non-final prints)",
+    )
+    answer_extraction: Literal["last_box", "original"] = Field(
+        "last_box",
+        description="'last_box': the last \\boxed{} of an answer step; 'original': the original's extraction, "
+        "pitfalls included (cut at the first '.\\n')",
+    )
 
 
 class EvaluateOptions(Options):
@@ -258,6 +273,7 @@ def _recipe_problems(data: Mapping[str, Any], registry: Registry, nested: bool =
             problems.append(
                 f"stages[{i}]: stage {stage!r} needs a top-level {stage!r} section, e.g. {stage}: {example}"
             )
+    problems += _needs_problems(data, registry)
     if isinstance(data.get("extract"), Mapping):
         from rstar.extract import ExtractOptions
 
@@ -269,6 +285,27 @@ def _recipe_problems(data: Mapping[str, Any], registry: Registry, nested: bool =
     if nested:
         for path, merged in derived_configs(data):
             problems += [f"{path}.{p}" for p in _recipe_problems(merged, registry, nested=False)]
+    return problems
+
+
+def _needs_problems(data: Mapping[str, Any], registry: Registry) -> list[str]:
+    """Sections the recipe's components say they need (`Options.needs`) but the recipe lacks."""
+    problems = []
+    for key, kind in COMPONENT_KEYS.items():
+        spec = data.get(key)
+        if not isinstance(spec, Mapping) or is_none_component(spec) or "name" not in spec:
+            continue
+        try:
+            model = registry.get(kind, str(spec["name"])).options_model()
+            options = model.model_validate({k: v for k, v in spec.items() if k != "name"})
+        except (RstarError, ValidationError):
+            continue  # reported by _component_problems
+        for need in options.needs() if isinstance(options, Options) else ():
+            if data.get(need) is None or is_none_component(data.get(need)):
+                problems.append(
+                    f"{key}: {kind} {spec['name']!r} needs a {need!r} section, and the recipe has none; "
+                    f"add `{need}: {{name: ...}}` or choose another {kind}"
+                )
     return problems
 
 

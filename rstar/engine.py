@@ -62,13 +62,23 @@ class _Ticket(Generic[Out]):
 
 @dataclass
 class BatcherStats:
+    """What one component was handed: per batch its size, the searches in it and the searches alive then."""
+
     batches: int = 0
     items: int = 0
     sizes: list[int] = field(default_factory=list)
+    searches: list[int] = field(default_factory=list)
+    live: list[int] = field(default_factory=list)
 
     @property
     def mean_batch(self) -> float:
         return self.items / self.batches if self.batches else 0.0
+
+    @property
+    def mean_fill(self) -> float:
+        """Mean over batches of (searches with a request in the batch) / (searches alive when it was sent)."""
+        fills = [n / live for n, live in zip(self.searches, self.live, strict=True) if live]
+        return sum(fills) / len(fills) if fills else 0.0
 
 
 class Batcher(Generic[In, Out]):
@@ -111,6 +121,8 @@ class Batcher(Generic[In, Out]):
         only_full = only_full and not self.eager
         while self._can_start() and (not only_full or len(self.pending) >= self.max_batch):
             chunk = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
+            self.stats.searches.append(len({id(ticket) for _, ticket, _ in chunk}))
+            self.stats.live.append(self.engine._live)
             self.in_flight += 1
             self.engine._tasks.add(asyncio.ensure_future(self._run(chunk)))
 

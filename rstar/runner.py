@@ -193,6 +193,9 @@ class Runner:
         skip = ("rounds", "compare") if stage == "evaluate" else ("rounds", "compare", "evaluate")
         resolved = {**cfg, **self.resolve_checkpoints({k: v for k, v in cfg.items() if k not in skip}, round_index)}
         summary = stages[stage](resolved, folder, round_index)
+        if stage in ("search", "search_unsolved"):  # which models searched (markers resolved), for the record
+            specs = {key: resolved.get(key) for key in ("policy", "reward_model")}
+            summary["models"] = {k: v.get("model") for k, v in specs.items() if isinstance(v, Mapping) and "model" in v}
         summary.setdefault("seconds", round(time.perf_counter() - started, 2))
         write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
         (folder / DONE).touch()

@@ -16,11 +16,20 @@ interpreter output (inserted by the system, never generated), then a natural-lan
 Prompt rendering, search, data extraction, training and reward scoring all use `StepFormat`,
 so training and inference cannot disagree about it.
 
-Deliberate differences from the original (ALGORITHM.md section 10, bug 5): the final answer is the
-content of the *last* ``\\boxed{...}`` found in the whole step (the original cut the text at the
-first ``".\\n"`` before looking for the box), an unclosed brace gives no answer (not an empty
-string by an index slip), and few-shot examples keep a fixed order (the original re-shuffled them
-for every prompt).
+Deliberate differences from the original, each with an option that restores it:
+
+* ``answer_extraction: last_box`` (default): the final answer is the content of the *last*
+  ``\\boxed{...}`` found in the whole step, and an unclosed brace gives no answer. ``original``: the
+  original's ``extract_math_answer`` (ALGORITHM.md 2.7, bug 5): the text is cut at the first
+  ``".\\n"`` before the box is looked for, a step without ``\\boxed{`` is its own answer, and an
+  unclosed brace gives an empty one.
+* ``interpreter: repl`` (default): a program runs like a notebook cell, every print is seen.
+  ``original``: the program is wrapped (`original_tool_program`) so that its output is what the
+  original's Python tool returned (ALGORITHM.md 2.6): with one print or none, only the last
+  statement's output or value; with two or more top-level prints, ``"<print's argument text>: <output>"``
+  per print and nothing after the last one; an exception as ``"<Type>: <message>"``.
+
+Few-shot examples keep a fixed order (the original re-shuffled them for every prompt).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from rstar.errors import ConfigError
 from rstar.types import Verdict
@@ -75,6 +85,8 @@ _STATUS_AS_EXCEPTION = {
     "output_limit": "OutputLimitError",
     "killed": "ProcessKilledError",
 }
+SEGMENT = "# ========"
+"""The comment that heads each code block of an accumulated program (the original's separator)."""
 _BOXED = re.compile(r"\\boxed\s*\{")
 _TEXT = re.compile(r"^\\text\{(.*)\}$", re.DOTALL)
 
@@ -121,6 +133,10 @@ class ParsedStep:
     final_answer: str | None = None
 
 
+Interpreter = Literal["repl", "original"]
+AnswerExtraction = Literal["last_box", "original"]
+
+
 @dataclass(frozen=True)
 class StepFormat:
     """Everything about the code-augmented step format, in one place."""
@@ -128,12 +144,26 @@ class StepFormat:
     template: PromptTemplate = field(default_factory=PromptTemplate)
     few_shot: int = 2
     stops: tuple[str, ...] = STOPS_BOOTSTRAP
+    interpreter: Interpreter = "repl"
+    answer_extraction: AnswerExtraction = "last_box"
 
     @classmethod
-    def from_options(cls, prompt: str = "bootstrap", few_shot: int = 2) -> StepFormat:
+    def from_options(
+        cls,
+        prompt: str = "bootstrap",
+        few_shot: int = 2,
+        interpreter: Interpreter = "repl",
+        answer_extraction: AnswerExtraction = "last_box",
+    ) -> StepFormat:
         template = PromptTemplate.load(prompt)
         stops = STOPS_BOOTSTRAP if template.examples else STOPS_STEP
-        return cls(template=template, few_shot=min(few_shot, len(template.examples)), stops=stops)
+        return cls(
+            template=template,
+            few_shot=min(few_shot, len(template.examples)),
+            stops=stops,
+            interpreter=interpreter,
+            answer_extraction=answer_extraction,
+        )
 
     # --- prompts -----------------------------------------------------------------------------
 
@@ -157,25 +187,30 @@ class StepFormat:
     def parse(self, text: str) -> ParsedStep:
         """An answer step iff ``boxed`` occurs in the text (the original's rule); else a code step."""
         if "boxed" in text:
+            if self.answer_extraction == "original":
+                return ParsedStep(True, extract_answer_original(text) or None)
             return ParsedStep(True, extract_answer(text))
         return ParsedStep(False)
 
     # --- code execution ----------------------------------------------------------------------
 
     def program(self, path_texts: Sequence[str], step_text: str) -> str:
-        """The program to run for a new step: the current code block's earlier steps + this one.
+        """The program to run for a new step: the current code block's earlier code steps + this one.
 
         ``path_texts`` are the texts of the steps from the root to the new step's parent. History
         stops at the most recent step that closed a code block (it contains ``<end_of_code>`` or
-        ``<end_of_output>``).
+        ``<end_of_output>``); answer steps (they mention ``boxed``) on the way are not code and are
+        skipped, as in the original (ALGORITHM.md 2.5).
         """
         history: list[str] = []
         for text in reversed(path_texts):
             if CODE_END in text or OUTPUT_END in text:
                 break
-            history.append(text)
+            if not self.parse(text).is_answer:
+                history.append(text)
         history.reverse()
-        return extract_program("".join([*history, step_text]))
+        program = extract_program("".join([*history, step_text]))
+        return original_tool_program(program) if self.interpreter == "original" else program
 
     def observation(self, verdict: Verdict) -> str:
         """What the interpreter "says" about a step: its output, or the error, post-processed."""
@@ -207,27 +242,23 @@ class StepFormat:
 def extract_program(text: str) -> str:
     """The Python inside ``<code>`` … ``<end_of_code>`` of ``text``, ``<end_of_step>`` tags removed.
 
-    Each ``<code>`` line starts a new segment; code on the ``<code>`` line itself is dropped, as in
-    the original. Text without any ``<code>`` line is returned whole.
+    As in the original (ALGORITHM.md 2.5): each ``<code>`` line starts a segment headed by the comment
+    ``# ========``; code on the ``<code>`` line itself is dropped; lines after an ``<end_of_code>``
+    line are skipped until the next ``<code>`` line. Text without any ``<code>`` line is used whole.
+    The result is stripped.
     """
-    segments: list[list[str]] = []
-    current: list[str] | None = None
-    for line in text.replace(STEP_END, "").split("\n"):
+    text = text.replace(STEP_END, "")
+    program = ""
+    inside = False
+    for line in text.split("\n"):
         if CODE in line:
-            if current:
-                segments.append(current)
-            current = []
+            program += f"\n{SEGMENT}\n"
+            inside = True
         elif CODE_END in line:
-            if current is not None:
-                segments.append(current)
-            current = None
-        elif current is not None:
-            current.append(line)
-    if current:
-        segments.append(current)
-    if not segments:
-        return text.replace(STEP_END, "")
-    return "\n# ---- next code block ----\n".join("\n".join(seg) for seg in segments)
+            inside = False
+        elif inside:
+            program += line + "\n"
+    return (program or text).strip()
 
 
 def extract_answer(text: str) -> str | None:
@@ -255,16 +286,104 @@ def extract_answer(text: str) -> str | None:
     return None
 
 
+def extract_answer_original(text: str) -> str:
+    """The original's answer extraction, pitfalls included (ALGORITHM.md 2.7; ``answer_extraction:
+    original``): the text up to the first ``".\\n"``, stripped, without a trailing period; then the
+    content of its last ``\\boxed{...}`` (the whole text when there is none, ``""`` when its braces
+    never close); then one ``\\text{}`` wrapper removed."""
+    text = text.split(".\n", 1)[0].strip()
+    if text.endswith("."):
+        text = text[:-1]
+    matches = list(_BOXED.finditer(text))
+    if matches:
+        start, depth, answer = matches[-1].end(), 1, ""
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                answer = text[start:i]
+                break
+        text = answer
+    m = _TEXT.match(text.strip())
+    if m:
+        text = "" if m.group(1).strip() == "and" else m.group(1)
+    return text.strip()
+
+
+_ORIGINAL_TOOL = r"""
+def _rstar_original_tool(code):
+    import ast, contextlib, io, sys
+    code = code.strip().strip("`").strip()
+    if code.startswith("python"):
+        code = code[len("python"):].strip()
+    namespace = {"__name__": "__main__"}
+
+    def is_print(node):
+        return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "print")
+
+    def print_call(node):
+        if is_print(node):
+            return node.value
+        if isinstance(node, (ast.If, ast.While, ast.For, ast.FunctionDef)):
+            return next((child.value for child in node.body if is_print(child)), None)
+        return None
+
+    def run(nodes, buffer=None):
+        module = ast.Module(body=list(nodes), type_ignores=[])
+        with contextlib.redirect_stdout(buffer if buffer is not None else io.StringIO()):
+            exec(compile(module, "<program>", "exec"), namespace)
+
+    try:
+        body = ast.parse(code).body
+        calls = [print_call(node) for node in body]
+        marks = [i for i, call in enumerate(calls) if call is not None]
+        if len(marks) <= 1:
+            result = ""
+            if body:
+                run(body[:-1])
+                last, buffer = body[-1], io.StringIO()
+                value = None
+                with contextlib.redirect_stdout(buffer):
+                    if isinstance(last, ast.Expr):
+                        value = eval(compile(ast.Expression(last.value), "<program>", "eval"), namespace)
+                    else:
+                        run([last], buffer)
+                result = buffer.getvalue() if value is None else str(value)
+        else:
+            result, start = "", 0
+            for i in marks:
+                buffer = io.StringIO()
+                run(body[start:i + 1], buffer)
+                source = ast.get_source_segment(code, calls[i]) or ""
+                label = source[source.find("(") + 1:source.rfind(")")]
+                result += label + ": " + buffer.getvalue()
+                start = i + 1
+    except BaseException as exc:
+        result = type(exc).__name__ + ": " + str(exc)
+    sys.stdout.write(result)
+"""
+
+
+def original_tool_program(program: str) -> str:
+    """``program`` wrapped so that what it prints is what the original's Python tool returned for it
+    (ALGORITHM.md 2.6; ``interpreter: original``), in a fresh namespace (the original's leaked
+    between programs, bug 6)."""
+    return f"{_ORIGINAL_TOOL.strip()}\n\n_rstar_original_tool({program!r})\n"
+
+
 def _postprocess(text: str) -> str:
-    text = str(text).strip()
+    """The original tool's clean-up of a raw result, then the strip of its caller (ALGORITHM.md 2.6):
+    a result that is one number becomes that number rounded to 4 decimals plus a newline when this
+    is shorter; a result over 1024 characters keeps its first and last 512 around ``...``."""
+    text = str(text)
     try:
         value = float(text)
     except ValueError:
         pass
     else:
-        rounded = str(round(value, 4))
+        rounded = f"{round(value, 4)}\n"
         if len(rounded) < len(text):
             text = rounded
     if len(text) > 1024:
         text = text[:512] + "..." + text[-512:]
-    return text
+    return text.strip()

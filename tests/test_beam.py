@@ -284,3 +284,19 @@ def test_invariants_on_random_worlds(world_seed, width, max_depth, expand_sample
         assert tree.prediction == max(answers, key=lambda n: n.value).final_answer
     else:
         assert tree.prediction is None
+
+
+def test_validate_reports_a_beam_search_without_a_reward_model():
+    from rstar.config import check_recipe
+    from rstar.registry import get_registry
+
+    recipe = {
+        "output_dir": "runs/beam",
+        "dataset": {"name": "jsonl", "path": "problems.jsonl"},
+        "policy": {"name": "scripted", "fn": "rstar.testing.worlds:adder"},
+        "search": {"name": "beam"},
+    }
+    problems = check_recipe(recipe, get_registry())
+    assert any(p.startswith("search: search 'beam' needs a 'reward_model' section") for p in problems), problems
+    recipe["reward_model"] = {"name": "scripted", "fn": "rstar.testing.worlds:prefers_short"}
+    assert check_recipe(recipe, get_registry()) == []

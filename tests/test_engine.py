@@ -40,6 +40,8 @@ def test_concurrent_searches_reach_the_policy_as_batches():
     assert sizes == [12, 48, 48], sizes
     assert max(verifier.batches) == 48
     assert engine.policy.stats.mean_batch == 36
+    assert engine.policy.stats.searches == [12, 12, 12] and engine.policy.stats.live == [12, 12, 12]
+    assert engine.policy.stats.mean_fill == 1.0
 
 
 def test_one_problem_at_a_time_gives_batches_of_one_problem():
@@ -58,6 +60,9 @@ def test_max_batch_splits_large_queues():
     engine = Engine(Components(policy, FakeInProcessVerifier(), FakeExactChecker()), max_in_flight=12, max_batch=5)
     asyncio.run(engine.run(adder_problems(12), BestOfN(SamplingOptions()), StepFormat.from_options(), Budget()))
     assert max(len(b) for b in policy.calls) <= 5
+    # The first batch holds 5 of the 12 searches that are alive: a fill under 1.
+    assert engine.policy.stats.searches[0] == 5 and engine.policy.stats.live[0] == 12
+    assert 0 < engine.policy.stats.mean_fill < 1
 
 
 def test_requests_get_seeds_from_the_problem():

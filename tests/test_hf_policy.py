@@ -334,7 +334,7 @@ def test_prompt_longer_than_context_is_truncated(policy: HFPolicy, caplog: pytes
     long_prompt = " ".join(CORPUS)
     n_tokens = len(policy.tokenizer(long_prompt)["input_ids"])
     assert n_tokens > CONTEXT
-    with caplog.at_level(logging.WARNING, logger="rstar_hf"):
+    with caplog.at_level(logging.WARNING, logger="rstar.backends"):
         res = gen(
             policy,
             GenerationRequest(long_prompt, max_tokens=8, temperature=0.0),
@@ -343,7 +343,24 @@ def test_prompt_longer_than_context_is_truncated(policy: HFPolicy, caplog: pytes
     assert res[0].prompt_tokens == CONTEXT - 8
     assert res[1].prompt_tokens == CONTEXT // 2
     assert all(s.num_tokens <= CONTEXT // 2 for s in res[1].samples)
-    assert sum("does not fit" in r.message for r in caplog.records) <= 1
+    assert [r.message for r in caplog.records if "prompts" in r.message] == [
+        f"hf policy: cut 2 of 2 prompts from the left to fit the {CONTEXT}-token context"
+    ]
+
+
+def test_long_prompts_skip_returns_empty_samples(policy: HFPolicy) -> None:
+    assert policy._engine is not None
+    policy._engine.long_prompts = "skip"
+    try:
+        res = gen(
+            policy,
+            GenerationRequest(" ".join(CORPUS), n=2, max_tokens=8, temperature=0.0),
+            GenerationRequest(PROMPTS[0], max_tokens=4, temperature=0.0),
+        )
+    finally:
+        policy._engine.long_prompts = "truncate"
+    assert [(s.text, s.finish_reason) for s in res[0].samples] == [("", "length"), ("", "length")]
+    assert res[0].prompt_tokens > CONTEXT and res[1].samples[0].num_tokens > 0
 
 
 def test_generate_runs_off_the_event_loop(policy: HFPolicy) -> None:

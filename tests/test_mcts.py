@@ -24,6 +24,10 @@ PRINT = "\n# Now print the final answer\nprint({var})\n<end_of_code>"
 ANSWER = "\n<answer>So \\boxed{{{value}}}.<end_of_answer>"
 
 
+CHAIN_OF_FIVE = ("0", "0.1", "0.1.1", "0.1.1.1", "0.1.1.1.1")
+"""A tree that is one path of four steps below the root."""
+
+
 def partial(prompt: str) -> str:
     return prompt.rsplit("Question:", 1)[-1]
 
@@ -203,6 +207,19 @@ class _FakeCtx:
             return question + partial
 
 
+def test_test_mode_scores_new_inner_nodes_and_answers_but_not_invalid_leaves():
+    # Root -> E (a NameError: with errors_threshold 1 a "too many code errors" leaf, -1 on itself, never
+    # scored) and A (scored 0.6 as one visit). A -> P (0.5); P -> the answer, scored 0.9 and backed up to
+    # the root: P = (0.5 + 0.9) / 2, A = (0.6 + 0.9) / 2. P is closed; rollout 2 closes A, rollout 3 the root.
+    fn = world(["undefined_name", "5 + 3"])
+    tree = search(fn, 3, reward=scored_at_test_time, expand_samples=2, mode="test", errors_threshold=1)
+    assert stats(tree) == {"0": (1, 0.9), "0.1": (1, -1.0), "0.2": (2, 0.75), "0.2.1": (2, 0.7), "0.2.1.1": (1, 0.9)}
+    assert tree.node("0.1").final_answer == "too many code errors" and tree.node("0.2").value == 0.6
+    assert all(n.terminal for n in tree.nodes)
+    assert tree.usage.reward_calls == 3 and tree.usage.policy_calls == 3
+    assert tree.prediction == "8" and tree.correct is True
+
+
 def test_without_a_reference_answers_are_scored_even_in_sampling_mode():
     problem = Problem("u", PROBLEM.question, None)
     fn = world(["5 + 3"], prints=("result", "result + 0"))
@@ -320,22 +337,70 @@ def test_an_answer_beyond_the_depth_limit_is_still_valid():
     tree = search(fn, 2, max_depth=3, expand_samples=1)
     answer = tree.node("0.1.1.1.1")
     assert answer.depth == 4 and answer.final_answer == "8" and answer.correct is True
-    assert stats(tree) == {
-        "0": (1, 1.0),
-        "0.1": (1, 1.0),
-        "0.1.1": (1, 1.0),
-        "0.1.1.1": (1, 1.0),
-        "0.1.1.1.1": (1, 1.0),
-    }
+    assert stats(tree) == {tag: (1, 1.0) for tag in CHAIN_OF_FIVE}
 
 
-def test_a_sample_without_stop_string_or_answer_is_an_invalid_leaf():
-    def fn(prompt: str, n: int) -> list[str]:
-        return ["<code>\nx = 1"] * n  # ends with the end-of-sequence token
+def unfinished_first_step(prompt: str, n: int) -> list[str]:
+    """The first step ends with the end-of-sequence token (no stop string), the rest as in ``world``."""
+    tail = partial(prompt)
+    if "<code>" not in tail:
+        return ["<code>\n# Step 1: add\nresult = 5 + 3"] * n
+    return world(["5 + 3"])(prompt, n)
 
-    tree = search(fn, 1, expand_samples=1)
+
+def test_a_sample_without_stop_string_is_an_ordinary_step_as_in_the_original():
+    # ALGORITHM.md 2.3: the step text is the generated text + "" (no stop string); it is parsed and run
+    # like any step, so the next step continues the code block: print(result) shows 8, the answer is right.
+    tree = search(unfinished_first_step, 1, expand_samples=1)
+    assert stats(tree) == {"0": (1, 1.0), "0.1": (1, 1.0), "0.1.1": (1, 1.0), "0.1.1.1": (1, 1.0)}
+    assert not tree.node("0.1").terminal and tree.node("0.1").text == "<code>\n# Step 1: add\nresult = 5 + 3"
+    assert tree.node("0.1.1").output == "8" and tree.prediction == "8"
+
+
+def test_unfinished_leaf_makes_such_a_sample_an_invalid_leaf():
+    tree = search(unfinished_first_step, 1, expand_samples=1, unfinished="leaf")
     assert stats(tree) == {"0": (0, 0.0), "0.1": (1, -1.0)}
     assert tree.node("0.1").terminal and tree.node("0.1").final_answer is None
+    assert tree.node("0").terminal and tree.prediction is None
+
+
+def test_an_answer_step_without_answer_is_an_ordinary_step_that_is_not_run():
+    # "boxed" makes it an answer step (ALGORITHM.md 2.4); \boxed{} yields no answer, so it stays a normal,
+    # non-terminal step (consecutive errors 0) whose code is neither run nor part of later programs (2.5).
+    def fn(prompt: str, n: int) -> list[str]:
+        tail = partial(prompt)
+        if "<code>" not in tail:
+            return [CODE.format(expr="5 + 3")] * n
+        if "boxed" not in tail:
+            return ["\nresult = 0  # \\boxed{}\n<end_of_step>"] * n
+        return world(["5 + 3"])(prompt, n)
+
+    tree = search(fn, 1, expand_samples=1)
+    step = tree.node("0.1.1")
+    assert not step.terminal and step.final_answer is None and step.output is None
+    assert tree.node("0.1.1.1").output == "8"  # result = 0 was not run
+    assert stats(tree) == {tag: (1, 1.0) for tag in CHAIN_OF_FIVE}
+    assert tree.usage.verifier_jobs == 2 and tree.correct is True
+
+
+def test_a_failing_step_that_closed_the_block_gets_two_output_blocks_as_in_the_original():
+    def fn(prompt: str, n: int) -> list[str]:
+        return ["<code>\nprint(undefined_name)\n<end_of_code>"] * n
+
+    error = "NameError: name 'undefined_name' is not defined"
+    tree = search(fn, 1, expand_samples=1, errors_threshold=1)
+    leaf = tree.node("0.1")
+    assert leaf.final_answer == "too many code errors" and stats(tree) == {"0": (0, 0.0), "0.1": (1, -1.0)}
+    assert (
+        leaf.text
+        == f"<code>\nprint(undefined_name)\n<end_of_code>\n<output><output>{error}<end_of_output><end_of_output>"
+    )
+    assert leaf.output == error
+    once = search(fn, 1, expand_samples=1, errors_threshold=1, double_output=False).node("0.1")
+    assert once.text == f"<code>\nprint(undefined_name)\n<end_of_code>\n<output>{error}<end_of_output>"
+    # Below the threshold the step keeps one output block and stays open.
+    tree = search(fn, 1, expand_samples=1, errors_threshold=2, max_depth=1)
+    assert tree.node("0.1").text == once.text and not tree.node("0.1").final_answer
 
 
 # --- (g) option variants -----------------------------------------------------------------------------------
@@ -433,6 +498,8 @@ worlds = st.fixed_dictionaries(
         "errors_threshold": st.integers(1, 2),
         "unvisited": st.sampled_from(["zero", "inf"]),
         "invalid_backup": st.sampled_from(["node", "path"]),
+        "unfinished": st.sampled_from(["step", "leaf"]),
+        "double_output": st.booleans(),
     }
 )
 
@@ -442,6 +509,7 @@ worlds = st.fixed_dictionaries(
 def test_invariants_on_random_worlds(w):
     reward = random_reward if w["reward"] else None
     keys = ("expand_samples", "mode", "terminal_sample", "errors_threshold", "unvisited", "invalid_backup")
+    keys += ("unfinished", "double_output")
     options = {k: w[k] for k in keys}
     tree = search(random_world(w["world"]), w["rollouts"], reward=reward, max_depth=w["max_depth"], **options)
     nodes = {n.id: n for n in tree.nodes}
@@ -479,6 +547,7 @@ def test_invariants_on_random_worlds(w):
             assert n.terminal
         own, own_value = 0, 0.0
         if invalid_leaf(n):
+            assert n.final_answer is not None or w["unfinished"] == "leaf"  # else only sentinels end a path
             own, own_value = (0, 0.0) if w["invalid_backup"] == "path" else (1, -1.0)
             assert n.value == -1.0 and n.visits == 1
         elif valid_answer(n):

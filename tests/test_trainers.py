@@ -146,6 +146,31 @@ def test_empty_data_file_is_an_error_naming_it(tiny: Path, tmp_path: Path) -> No
         ppm.PPMTrainer(ppm.PPMOptions(**FAST)).fit(data, str(tiny), tmp_path / "out")
 
 
+def test_fsdp_is_refused_on_cpus(rstar_registry: Any, tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"strategy: .*'fsdp' needs GPUs"):
+        rstar_registry.build("trainer", {"name": "sft", "strategy": "fsdp", "accelerator": "cpu"})
+    with pytest.raises(ConfigError, match=r"lora: .*LoRA cannot be combined with strategy 'fsdp'"):
+        rstar_registry.build("trainer", {"name": "ppm", "strategy": "fsdp", "accelerator": "gpu", "lora": {"r": 4}})
+    if not torch.cuda.is_available():  # accelerator auto finds the CPU when fit starts, before reading anything
+        trainer = sft.SFTTrainer(sft.SFTOptions(strategy="fsdp"))
+        with pytest.raises(ConfigError, match=r"strategy: .*needs GPUs.*no CUDA GPU"):
+            trainer.fit(tmp_path / "missing.jsonl", str(tiny), tmp_path / "out")
+
+
+def test_processes_started_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rstar_lightning._launch import processes_per_node
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert processes_per_node(sft.SFTOptions(accelerator="cpu")) == 1
+    assert processes_per_node(sft.SFTOptions(accelerator="cpu", devices=2, strategy="ddp")) == 2
+    assert processes_per_node(sft.SFTOptions(accelerator="cpu", devices=3)) == 3  # strategy auto: ddp
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a worker, or an external launcher (torchrun): start nothing
+    assert processes_per_node(sft.SFTOptions(accelerator="cpu", devices=2, strategy="ddp")) == 1
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    assert rank_zero_only.rank == 0  # probing leaves this process's rank (and its logging) as it was
+
+
 # --- sft -------------------------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from rstar.backends import find_stop
+from rstar.backends import LongPrompts, PromptPlan, find_stop, fit_ids, report_long_prompts, skipped_result
 from rstar.types import FinishReason, GenerationRequest, GenerationResult, Sample
 from rstar_hf import _attention, _kv
 from rstar_hf._text import IncrementalText
@@ -166,7 +166,8 @@ class Engine:
         self._bos_text: str | None = bos if isinstance(bos, str) and bos else None
         fallback = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.pad_id
         self._empty_prompt = [int(fallback)]
-        self._warned_truncation = False
+        self._bos_id: int | None = tokenizer.bos_token_id
+        self.long_prompts: LongPrompts = "truncate"
         self._layers_api = _kv.supports_layers(self._new_cache())
         self.shared_attention_supported = self._layers_api and _attention.eligible(model) and _attention.register()
         # Keep a shared prompt prefix once (batch of one) and attend to it with rstar_hf._attention: on CPU,
@@ -186,25 +187,11 @@ class Engine:
         ids = list(self.tokenizer(prompt, add_special_tokens=special)["input_ids"])
         return ids or list(self._empty_prompt)
 
-    def _fit(self, ids: list[int], max_tokens: int) -> tuple[list[int], int]:
-        """Truncate a prompt from the left to leave room for generation; return it and the token cap."""
-        ctx = self.max_context
-        if not ctx:
-            return ids, max_tokens
-        room = ctx - min(max_tokens, ctx // 2)
-        if len(ids) > room:
-            if not self._warned_truncation:
-                log.warning(
-                    "hf policy: a prompt of %d tokens does not fit the model's context of %d tokens with "
-                    "max_tokens=%d; keeping its last %d tokens (further truncations are not reported)",
-                    len(ids),
-                    ctx,
-                    max_tokens,
-                    room,
-                )
-                self._warned_truncation = True
-            ids = ids[-room:]
-        return ids, min(max_tokens, ctx - len(ids))
+    def _plan(self, ids: list[int], max_tokens: int) -> PromptPlan:
+        """Fit a prompt into the model's context (`rstar.backends.fit_ids`, the rule of every backend)."""
+        if not self.max_context:
+            return PromptPlan(ids, max_tokens, len(ids))
+        return fit_ids(ids, max_tokens, self.max_context, self.long_prompts, self._bos_id)
 
     # --- generation -----------------------------------------------------------------------------
 
@@ -212,12 +199,18 @@ class Engine:
         encoded: dict[str, list[int]] = {}
         rows_by_request: list[list[_Row]] = []
         prompt_tokens: list[int] = []
+        plans: list[PromptPlan] = []
         for r, req in enumerate(requests):
             _check(req)
             if req.prompt not in encoded:
                 encoded[req.prompt] = self.encode(req.prompt)
-            ids, cap = self._fit(encoded[req.prompt], req.max_tokens)
-            prompt_tokens.append(len(ids))
+            plan = self._plan(encoded[req.prompt], req.max_tokens)
+            plans.append(plan)
+            prompt_tokens.append(plan.prompt_tokens or 0)
+            if not isinstance(plan.prompt, list):  # skipped: too long for the context
+                rows_by_request.append([])
+                continue
+            ids, cap = plan.prompt, plan.max_tokens
             stops = tuple(s for s in req.stop if s)
             prompt = tuple(ids)
             rows_by_request.append(
@@ -249,11 +242,14 @@ class Engine:
         with torch.inference_mode(), self._attention_mode():
             for start in range(0, len(todo), self.max_batch_rows):
                 self._run_group(todo[start : start + self.max_batch_rows])
+        report_long_prompts("hf", plans, self.max_context)
         return [
             GenerationResult(
                 tuple(Sample(row.final_text, row.finish or "length", row.stop, row.num_tokens) for row in rows),
                 prompt_tokens=prompt_tokens[k],
             )
+            if rows or requests[k].n == 0
+            else skipped_result(requests[k], plans[k])
             for k, rows in enumerate(rows_by_request)
         ]
 

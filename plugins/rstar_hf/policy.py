@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from rstar.backends import LongPrompts
 from rstar.config import Options
 from rstar.errors import RstarError
 from rstar.types import GenerationRequest, GenerationResult
@@ -66,6 +67,11 @@ class HFPolicyOptions(Options):
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (torch.set_num_threads); default: torch's")
     trust_remote_code: bool = Field(False, description="allow model code from the checkpoint (transformers' flag)")
+    long_prompts: LongPrompts = Field(
+        "truncate",
+        description="prompts that leave too little room for max_tokens: 'truncate' cuts them from the left "
+        "(keeping the BOS token and the latest steps), 'skip' returns empty samples",
+    )
 
 
 class HFPolicy:
@@ -83,8 +89,9 @@ class HFPolicy:
     * Endings: the earliest-ending stop string (kept in the text, named by ``stop``), one of the
       model's EOS tokens (counted in ``num_tokens``, left out of the text), or ``max_tokens``.
     * A prompt that leaves too little room in the model's context (``max_position_embeddings``) for
-      ``max_tokens`` (or half the context, if less) is cut from the left, keeping its end; a warning
-      is logged once. ``prompt_tokens`` counts the tokens the model saw.
+      ``max_tokens`` (or half the context, if less) is cut from the left, keeping its BOS token and its
+      end, or skipped (``long_prompts``), by the rule every backend follows (`rstar.backends.fit_ids`);
+      one warning per call says how many. ``prompt_tokens`` counts the tokens the model saw.
     * ``generate`` runs in a worker thread, so the event loop keeps serving other searches; one
       call runs at a time. ``close()`` releases the model. ``model``, ``tokenizer`` and ``device``
       are the loaded objects.
@@ -104,6 +111,7 @@ class HFPolicy:
         from rstar_hf._engine import Engine
 
         self._engine: Engine | None = Engine(self.model, self.tokenizer, self.device, options.max_batch_rows)
+        self._engine.long_prompts = options.long_prompts
         self._lock = threading.Lock()
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

@@ -1,14 +1,17 @@
 """What the ``sft`` and ``ppm`` trainers share: options, data files, model loading, the Lightning run, saving.
 
-Both trainers follow the same life cycle (see :func:`train`):
+Both trainers follow the same life cycle (:class:`LightningTrainer`):
 
 1. ``out_dir/model/`` holds a finished checkpoint (its marker file, written last, exists): return it.
-2. Load the tokenizer and the model (a Hub id, a local directory, a ``.gguf`` file or ``package:<name>``,
-   resolved by :func:`rstar.models.resolve_source`), add the step-format tags as tokens, wrap in LoRA.
-3. Run a Lightning ``Trainer``; when ``out_dir/checkpoints/last.ckpt`` exists (a killed run) it resumes
-   from there instead of starting over.
-4. Save a Hugging Face directory (safetensors, tokenizer files; LoRA merged into the weights), then
-   ``metrics.json``, then the marker.
+2. With ``strategy: ddp`` or ``fsdp`` on several devices, start this machine's other ranks
+   (`rstar_lightning._launch`); each runs the steps below on the same data.
+3. Load the tokenizer and the model (a Hub id, a local directory, a ``.gguf`` file or ``package:<name>``,
+   resolved by :func:`rstar.models.resolve_source`), add the step-format tags as tokens, wrap in LoRA
+   (:func:`begin`, :func:`adapt`).
+4. Run a Lightning ``Trainer``; when ``out_dir/checkpoints/last.ckpt`` exists (a killed run) it resumes
+   from there instead of starting over (:func:`train`).
+5. Rank 0 saves a Hugging Face directory (safetensors, tokenizer files; LoRA merged into the weights),
+   then ``metrics.json``, then the marker (:func:`finish`); the other ranks write nothing.
 
 Torch, transformers, lightning and peft are imported inside functions, so that listing plugins or
 validating a recipe stays cheap.
@@ -22,13 +25,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from rstar.config import Options
-from rstar.errors import ConfigError, DataError, MissingExtraError, RstarError
+from rstar.errors import DataError, MissingExtraError, RstarError
 from rstar.models import resolve_source
 from rstar.steps import TAGS
 
@@ -81,9 +85,27 @@ class TrainOptions(Options):
         ),
     )
     accelerator: str = Field("auto", description="Lightning accelerator: 'auto', 'cpu', 'gpu'")
-    devices: int | str | list[int] = Field("auto", description="Lightning devices: 'auto', a count, or GPU indices")
+    devices: int | str | list[int] = Field(
+        "auto",
+        description=(
+            "Lightning devices per machine: 'auto' (every GPU, else 1 CPU process), a count (-1: all), "
+            "or GPU indices; more than one runs one process per device"
+        ),
+    )
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        description=(
+            "machines taking part; run the same command on each with MASTER_ADDR, MASTER_PORT and "
+            "NODE_RANK set (ddp/fsdp)"
+        ),
+    )
     strategy: Literal["auto", "ddp", "fsdp"] = Field(
-        "auto", description="Lightning strategy: 'auto' (one device), 'ddp', 'fsdp' (full-shard, full state dict)"
+        "auto",
+        description=(
+            "Lightning strategy: 'auto' (ddp when there are several devices), 'ddp' (a model copy per "
+            "process), 'fsdp' (full-shard, full state dict; GPUs only)"
+        ),
     )
     logger: Literal["csv", "tensorboard"] = Field("csv", description="where metrics go, under out_dir/logs/")
     log_every_n_steps: int = Field(10, ge=1, description="log training metrics every this many steps")
@@ -103,6 +125,22 @@ class TrainOptions(Options):
         "auto",
         description="dtype of the saved weights; 'auto': the base checkpoint's dtype after GPU training, else float32",
     )
+
+    @field_validator("strategy")
+    @classmethod
+    def _fsdp_on_gpus(cls, strategy: str, info: ValidationInfo) -> str:
+        from rstar_lightning._launch import FSDP_ON_CPU
+
+        if strategy == "fsdp" and info.data.get("accelerator") == "cpu":
+            raise ValueError(FSDP_ON_CPU)
+        return strategy
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_without_fsdp(cls, lora: LoraOptions | None, info: ValidationInfo) -> LoraOptions | None:
+        if lora is not None and info.data.get("strategy") == "fsdp":
+            raise ValueError("LoRA cannot be combined with strategy 'fsdp'; use strategy 'ddp' or 'auto'")
+        return lora
 
 
 # --- extras and data files --------------------------------------------------------------------------
@@ -335,22 +373,120 @@ def model_complete(out_dir: Path) -> bool:
     return (out_dir / "model" / MARKER).is_file()
 
 
+# --- the life cycle ---------------------------------------------------------------------------------------
+
+
+class LightningTrainer:
+    """Base of the ``sft`` and ``ppm`` trainers (`rstar.interfaces.Trainer`).
+
+    ``fit`` returns a finished ``out_dir/model/`` at once; otherwise it starts the other local ranks
+    (several devices), runs :meth:`_fit` as rank 0 and waits for them.
+    """
+
+    Options: ClassVar[type[TrainOptions]] = TrainOptions
+    name: ClassVar[str] = "trainer"
+
+    def __init__(self, options: TrainOptions) -> None:
+        require_extras(f"the {self.name!r} trainer")
+        self.options = options
+
+    def fit(self, data: Path, init_model: str, out_dir: Path) -> Path:
+        """Train from ``init_model`` on the JSONL file ``data``; resume a killed run; skip a finished one."""
+        from rstar_lightning._launch import local_ranks
+
+        data, out_dir = Path(data), Path(out_dir)
+        if not model_complete(out_dir):
+            with local_ranks(self, data, init_model, out_dir):
+                self._fit(data, init_model, out_dir)
+        return out_dir / "model"
+
+    def _fit(self, data: Path, init_model: str, out_dir: Path) -> None:
+        """One rank's run: usually :func:`begin`, :func:`adapt`, then :meth:`_train_and_save`."""
+        raise NotImplementedError
+
+    def _train_and_save(
+        self,
+        module: pl.LightningModule,
+        collate: Callable[[list[Any]], Any],
+        items: tuple[list[Any], list[Any]],
+        start: Start,
+        run: tuple[Path, str, Path],
+        counts: dict[str, Any],
+        extra_config: dict[str, Any] | None = None,
+        before_fit: Callable[[pl.Trainer, pl.LightningModule, Any], dict[str, float]] | None = None,
+    ) -> None:
+        """Fit ``module`` on ``items`` = ``(train, validation)`` and save it (rank 0); ``run`` is
+        ``(data, init_model, out_dir)``, ``counts`` (examples, dropped, ...) join the metrics."""
+        options, (data, init_model, out_dir), (train_items, val_items) = self.options, run, items
+        train_loader = make_loader(train_items, collate, options.batch_size, True, options.seed)
+        val_loader = make_loader(val_items, collate, options.batch_size, False, options.seed) if val_items else None
+        trainer, metrics = train(module, train_loader, val_loader, options, out_dir, before_fit)
+        metrics.update({**counts, "added_tokens": start.added_tokens})
+        dtype = save_dtype(options, trainer, base_dtype(init_model, options))
+        info = {"trainer": self.name, "init_model": init_model, "data": str(data), "options": options.model_dump()}
+        save_checkpoint(trainer, module.model, start.tokenizer, out_dir, dtype, metrics, info, extra_config)
+
+
+@dataclass
+class Start:
+    """What every run begins with (:func:`begin`)."""
+
+    records: list[dict[str, Any]]
+    tokenizer: Any
+    model: Any
+    missing_keys: list[str]
+    """Weights ``init_model`` lacked (a new head, say)."""
+    added_tokens: list[str]
+    """The step tags added to the vocabulary."""
+
+
+def begin(
+    auto_class: Any, init_model: str, data: Path, options: TrainOptions, required: Sequence[str], **model_kwargs: Any
+) -> Start:
+    """Read ``data`` (each record holding ``required``), seed everything, load the tokenizer and the model
+    (``auto_class.from_pretrained(init_model, **model_kwargs)``), add the step tags, set the pad id."""
+    import lightning.pytorch as pl
+
+    records = read_jsonl(data, required)
+    pl.seed_everything(options.seed, workers=True, verbose=False)
+    tokenizer = load_tokenizer(init_model, options)
+    model, missing = load_model(auto_class, init_model, options, **model_kwargs)
+    added = add_step_tokens(model, tokenizer) if options.add_step_tokens else []
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return Start(records, tokenizer, model, missing, added)
+
+
+def adapt(start: Start, options: TrainOptions, task_type: str, modules_to_save: list[str] | None = None) -> Any:
+    """``start.model`` with gradient checkpointing and LoRA as ``options`` ask (the new tags' rows stay trainable)."""
+    model = start.model
+    if options.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if options.lora is not None:
+        new_ids = [start.tokenizer.convert_tokens_to_ids(t) for t in start.added_tokens]
+        model = apply_lora(model, options.lora, task_type, modules_to_save, trainable_token_indices=new_ids or None)
+    return model
+
+
 def train(
     module: pl.LightningModule,
     train_loader: Any,
     val_loader: Any | None,
     options: TrainOptions,
     out_dir: Path,
-    before_fit: Callable[[pl.Trainer], dict[str, float]] | None = None,
+    before_fit: Callable[[pl.Trainer, pl.LightningModule, Any], dict[str, float]] | None = None,
 ) -> tuple[pl.Trainer, dict[str, Any]]:
     """Fit ``module``, resuming from ``out_dir/checkpoints/last.ckpt`` when it exists; return the trainer
-    and the run's metrics (``steps``, ``seconds``, ``resumed_from_step``, ``train_loss``, ...)."""
+    and the run's metrics (``steps``, ``seconds``, ``world_size``, ``resumed_from_step``, ``train_loss``, ...).
+
+    ``before_fit(trainer, module, val_loader)`` runs first when there is validation data and no run to resume.
+    """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    if options.strategy == "fsdp" and options.lora is not None:
-        raise ConfigError(["trainer.lora: LoRA cannot be combined with strategy 'fsdp'; use 'ddp' or 'auto'"])
+    from rstar_lightning._launch import lightning_strategy
+
     checkpoints = out_dir / "checkpoints"
     last = checkpoints / "last.ckpt"
     logger: Any = (
@@ -361,11 +497,6 @@ def train(
     saver = ModelCheckpoint(
         dirpath=str(checkpoints), save_last=True, save_top_k=0, every_n_train_steps=options.checkpoint_every_n_steps
     )
-    strategy: Any = options.strategy
-    if strategy == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        strategy = FSDPStrategy(sharding_strategy="FULL_SHARD", state_dict_type="full")
     trainer = pl.Trainer(
         max_epochs=options.epochs,
         max_steps=options.max_steps,
@@ -373,7 +504,8 @@ def train(
         precision=resolve_precision(options),  # type: ignore[arg-type]
         accelerator=options.accelerator,
         devices=options.devices,
-        strategy=strategy,
+        num_nodes=options.num_nodes,
+        strategy=lightning_strategy(options),
         logger=logger,
         log_every_n_steps=options.log_every_n_steps,
         callbacks=[saver],
@@ -393,11 +525,12 @@ def train(
         metrics["resumed_from_step"] = int(state.get("global_step", 0))
         del state
         log.info("resuming from %s (step %d)", last, metrics["resumed_from_step"])
-    elif before_fit is not None:
-        metrics.update(before_fit(trainer))
+    elif before_fit is not None and val_loader is not None:
+        metrics.update(before_fit(trainer, module, val_loader))
     started = time.monotonic()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     metrics["seconds"] = round(time.monotonic() - started, 3)
+    metrics["world_size"] = int(trainer.world_size)
     metrics["steps"] = int(trainer.global_step)
     metrics["epochs"] = int(trainer.current_epoch)
     for key, value in trainer.callback_metrics.items():
@@ -463,11 +596,15 @@ def save_dtype(options: TrainOptions, trainer: pl.Trainer, base: torch.dtype) ->
 __all__ = [
     "IGNORE_INDEX",
     "MARKER",
+    "LightningTrainer",
     "LoraOptions",
+    "Start",
     "TrainOptions",
+    "adapt",
     "add_step_tokens",
     "apply_lora",
     "base_dtype",
+    "begin",
     "configure_adamw",
     "encode",
     "load_model",

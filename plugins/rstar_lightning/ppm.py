@@ -36,27 +36,19 @@ from pydantic import Field
 from rstar.errors import RstarError
 from rstar.reward import CONFIG_KEY, ScoreTransform
 from rstar_lightning._common import (
+    LightningTrainer,
     TrainOptions,
-    add_step_tokens,
+    adapt,
     adds_bos,
-    apply_lora,
-    base_dtype,
+    begin,
     configure_adamw,
     encode,
-    load_model,
-    load_tokenizer,
-    make_loader,
-    model_complete,
     pad_right,
-    read_jsonl,
-    require_extras,
-    save_checkpoint,
-    save_dtype,
     split,
-    train,
 )
 
 if TYPE_CHECKING:
+    import lightning.pytorch as pl
     import torch
 
 log = logging.getLogger(__name__)
@@ -188,12 +180,11 @@ def _module_class() -> Any:
             pos, neg = self.scores(batch)
             loss = bt_loss(pos, neg, batch["weights"])
             accuracy = (pos > neg).float().mean()
-            size = len(pos)
-            sync = stage == "val"
+            size, on_step = len(pos), stage == "train"  # sync_dist: means over every rank's batches
             self.log(
-                f"{stage}_loss", loss, on_step=not sync, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=sync
+                f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
             )
-            self.log(f"{stage}_accuracy", accuracy, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=sync)
+            self.log(f"{stage}_accuracy", accuracy, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
             return loss
 
         def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -208,40 +199,47 @@ def _module_class() -> Any:
     return PPMModule
 
 
-class PPMTrainer:
-    """The ``ppm`` trainer (`rstar.interfaces.Trainer`): writes ``out_dir/model/`` and returns it."""
+def initial_accuracy(trainer: pl.Trainer, module: pl.LightningModule, val_loader: Any) -> dict[str, float]:
+    """``val_accuracy_initial`` and ``val_loss_initial``: the held-out pairs scored before training."""
+    result = trainer.validate(module, val_loader, verbose=False)[0]
+    return {"val_accuracy_initial": float(result["val_accuracy"]), "val_loss_initial": float(result["val_loss"])}
+
+
+def init_head(model: Any, head: str) -> None:
+    """Draw a new head's weights from N(0, (0.1/sqrt(hidden))²) and zero its bias, so scores start near 0."""
+    import torch
+
+    layer = getattr(model, head)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 0.1 / layer.in_features**0.5)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+class PPMTrainer(LightningTrainer):
+    """The ``ppm`` trainer (`rstar.interfaces.Trainer`): ``fit`` writes ``out_dir/model/`` and returns it.
+
+    ``init_model`` is usually the round's SFT checkpoint.
+    """
 
     Options = PPMOptions
+    name = "ppm"
+    options: PPMOptions
 
-    def __init__(self, options: PPMOptions) -> None:
-        require_extras("the 'ppm' trainer")
-        self.options = options
-
-    def fit(self, data: Path, init_model: str, out_dir: Path) -> Path:
-        """Train a PPM from ``init_model`` (the round's SFT checkpoint) on the pairs in ``data``."""
-        import lightning.pytorch as pl
-        import torch
+    def _fit(self, data: Path, init_model: str, out_dir: Path) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        options, data, out_dir = self.options, Path(data), Path(out_dir)
-        if model_complete(out_dir):
-            return out_dir / "model"
-        records = read_jsonl(data, ("prompt", "pos", "neg"))
-        pl.seed_everything(options.seed, workers=True, verbose=False)
-        tokenizer = load_tokenizer(init_model, options)
-        model, missing = load_model(AutoModelForSequenceClassification, init_model, options, num_labels=1)
-        added = add_step_tokens(model, tokenizer) if options.add_step_tokens else []
-        model.config.pad_token_id = tokenizer.pad_token_id
+        options = self.options
+        start = begin(
+            AutoModelForSequenceClassification, init_model, data, options, ("prompt", "pos", "neg"), num_labels=1
+        )
+        model = start.model
         setattr(model.config, CONFIG_KEY, ScoreTransform(options.transform, options.scale).to_dict())
         head = head_name(model)
-        if any(key.startswith(f"{head}.") for key in missing):  # a new head: scores start near 0
-            with torch.no_grad():
-                layer = getattr(model, head)
-                layer.weight.normal_(0.0, 0.1 / layer.in_features**0.5)
-                if layer.bias is not None:
-                    layer.bias.zero_()
+        if any(key.startswith(f"{head}.") for key in start.missing_keys):  # a new head
+            init_head(model, head)
 
-        pairs, dropped = self._pairs(tokenizer, records)
+        pairs, dropped = self._pairs(start.tokenizer, start.records)
         if not pairs:
             raise RstarError(f"{data}: no pair fits max_length={options.max_length}; raise it")
         if dropped:
@@ -249,38 +247,18 @@ class PPMTrainer:
                 "%s: dropped %d of %d pairs whose step is longer than %d tokens",
                 data,
                 dropped,
-                len(records),
+                len(start.records),
                 options.max_length,
             )
         train_items, val_items = split(pairs, options.val_fraction, options.seed)
-
-        if options.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        if options.lora is not None:
-            new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added]
-            model = apply_lora(model, options.lora, "SEQ_CLS", [head], trainable_token_indices=new_ids or None)
+        model = adapt(start, options, "SEQ_CLS", [head])
         heads_in_float32(model)
         module = _module_class()(model, options)
-        collator = _Collator(tokenizer.pad_token_id)
-        train_loader = make_loader(train_items, collator, options.batch_size, True, options.seed)
-        val_loader = make_loader(val_items, collator, options.batch_size, False, options.seed) if val_items else None
-
-        def initial_accuracy(trainer: pl.Trainer) -> dict[str, float]:
-            if val_loader is None:
-                return {}
-            result = trainer.validate(module, val_loader, verbose=False)[0]
-            return {
-                "val_accuracy_initial": float(result["val_accuracy"]),
-                "val_loss_initial": float(result["val_loss"]),
-            }
-
-        trainer, metrics = train(module, train_loader, val_loader, options, out_dir, before_fit=initial_accuracy)
-        metrics.update(pairs=len(train_items), val_pairs=len(val_items), dropped=dropped, added_tokens=added)
-        dtype = save_dtype(options, trainer, base_dtype(init_model, options))
-        info = {"trainer": "ppm", "init_model": init_model, "data": str(data), "options": options.model_dump()}
+        counts = {"pairs": len(train_items), "val_pairs": len(val_items), "dropped": dropped}
         explicit = {"num_labels": 1}  # transformers derives it from id2label; servers and readers look for it
-        return save_checkpoint(trainer, module.model, tokenizer, out_dir, dtype, metrics, info, explicit)
+        collator = _Collator(start.tokenizer.pad_token_id)
+        items, run = (train_items, val_items), (data, init_model, out_dir)
+        self._train_and_save(module, collator, items, start, run, counts, explicit, before_fit=initial_accuracy)
 
     def _pairs(self, tokenizer: Any, records: list[dict[str, Any]]) -> tuple[list[Pair], int]:
         limit, weighting = self.options.max_length, self.options.weighting

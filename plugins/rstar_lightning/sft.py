@@ -27,23 +27,14 @@ from pydantic import Field
 from rstar.errors import RstarError
 from rstar_lightning._common import (
     IGNORE_INDEX,
+    LightningTrainer,
     TrainOptions,
-    add_step_tokens,
-    apply_lora,
-    base_dtype,
+    adapt,
+    begin,
     configure_adamw,
     encode,
-    load_model,
-    load_tokenizer,
-    make_loader,
-    model_complete,
     pad_right,
-    read_jsonl,
-    require_extras,
-    save_checkpoint,
-    save_dtype,
     split,
-    train,
 )
 
 if TYPE_CHECKING:
@@ -84,7 +75,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 class _Collator:
-    """Picklable collate function (DataLoader workers and DDP spawn need one)."""
+    """A picklable collate function (DataLoader worker processes need one)."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -107,7 +98,8 @@ def _module_class() -> Any:
 
         def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
             loss: torch.Tensor = self.model(**batch).loss
-            self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
+            size = len(batch["labels"])  # sync_dist: the epoch's loss is the mean over every rank's batches
+            self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
             return loss
 
         def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -120,54 +112,34 @@ def _module_class() -> Any:
     return SFTModule
 
 
-class SFTTrainer:
-    """The ``sft`` trainer (`rstar.interfaces.Trainer`): writes ``out_dir/model/`` and returns it."""
+class SFTTrainer(LightningTrainer):
+    """The ``sft`` trainer (`rstar.interfaces.Trainer`): ``fit`` writes ``out_dir/model/`` and returns it."""
 
     Options = SFTOptions
+    name = "sft"
+    options: SFTOptions
 
-    def __init__(self, options: SFTOptions) -> None:
-        require_extras("the 'sft' trainer")
-        self.options = options
-
-    def fit(self, data: Path, init_model: str, out_dir: Path) -> Path:
-        """Fine-tune ``init_model`` on the JSONL file ``data``; resume a killed run; skip a finished one."""
-        import lightning.pytorch as pl
+    def _fit(self, data: Path, init_model: str, out_dir: Path) -> None:
         from transformers import AutoModelForCausalLM
 
-        options, data, out_dir = self.options, Path(data), Path(out_dir)
-        if model_complete(out_dir):
-            return out_dir / "model"
-        records = read_jsonl(data, ("prompt", "response"))
-        pl.seed_everything(options.seed, workers=True, verbose=False)
-        tokenizer = load_tokenizer(init_model, options)
-        model, _ = load_model(AutoModelForCausalLM, init_model, options)
-        added = add_step_tokens(model, tokenizer) if options.add_step_tokens else []
-        model.config.pad_token_id = tokenizer.pad_token_id
-
-        examples, dropped = self._examples(tokenizer, records)
+        options = self.options
+        start = begin(AutoModelForCausalLM, init_model, data, options, ("prompt", "response"))
+        examples, dropped = self._examples(start.tokenizer, start.records)
         if not examples:
             raise RstarError(f"{data}: every example is longer than max_length={options.max_length}; raise it")
         if dropped:
             log.warning(
-                "%s: dropped %d of %d examples longer than %d tokens", data, dropped, len(records), options.max_length
+                "%s: dropped %d of %d examples longer than %d tokens",
+                data,
+                dropped,
+                len(start.records),
+                options.max_length,
             )
         train_items, val_items = split(examples, options.val_fraction, options.seed)
-
-        if options.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        if options.lora is not None:
-            new_ids = [tokenizer.convert_tokens_to_ids(t) for t in added]
-            model = apply_lora(model, options.lora, "CAUSAL_LM", trainable_token_indices=new_ids or None)
-        module = _module_class()(model, options)
-        collator = _Collator(tokenizer.pad_token_id)
-        train_loader = make_loader(train_items, collator, options.batch_size, True, options.seed)
-        val_loader = make_loader(val_items, collator, options.batch_size, False, options.seed) if val_items else None
-        trainer, metrics = train(module, train_loader, val_loader, options, out_dir)
-        metrics.update(examples=len(train_items), val_examples=len(val_items), dropped=dropped, added_tokens=added)
-        dtype = save_dtype(options, trainer, base_dtype(init_model, options))
-        info = {"trainer": "sft", "init_model": init_model, "data": str(data), "options": options.model_dump()}
-        return save_checkpoint(trainer, module.model, tokenizer, out_dir, dtype, metrics, info)
+        module = _module_class()(adapt(start, options, "CAUSAL_LM"), options)
+        counts = {"examples": len(train_items), "val_examples": len(val_items), "dropped": dropped}
+        collator = _Collator(start.tokenizer.pad_token_id)
+        self._train_and_save(module, collator, (train_items, val_items), start, (data, init_model, out_dir), counts)
 
     def _examples(self, tokenizer: Any, records: list[dict[str, Any]]) -> tuple[list[Example], int]:
         limit = self.options.max_length

@@ -66,6 +66,11 @@ class DockerOptions(Options):
     tmpfs_mb: int = Field(256, ge=16, description="size of the container's /tmp (the jobs' working directories)")
     max_file_mb: int = Field(64, ge=1, description="largest file a job may write (RLIMIT_FSIZE), in MiB")
     max_open_files: int = Field(256, ge=16, description="files a job may hold open at once (RLIMIT_NOFILE)")
+    inline: bool = Field(
+        True,
+        description="run closed programs (they can only compute and print) in the warm worker itself instead of "
+        "a forked child: same verdicts, ~100x faster on short arithmetic",
+    )
 
 
 def _client() -> Any:

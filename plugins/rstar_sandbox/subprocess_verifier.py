@@ -15,6 +15,16 @@ the output (a verdict says ``output_limit``), and reads the verdict from a pipe 
 program's stdout, so what the program prints cannot pose as a verdict. A worker that dies is
 replaced; `SubprocessVerifier.close` leaves no process behind.
 
+Inline jobs (option ``inline``, on by default): most steps are short arithmetic, for which a fork, five
+pipes and a temporary directory cost hundreds of times more than the program. So jobs go to the workers
+first in batches; a worker runs each program that a static check proves *closed* (it can only compute
+and print: no imports but math/cmath/Fraction, no dunder or private names, no attribute assignment, no
+``eval``/``open``/``getattr``/``type``..., see `rstar_sandbox.worker.closed_program`) right there, in a
+fresh namespace, with its output captured and capped, a SIGALRM deadline and a soft address-space
+limit, and answers ``fork`` for every other program, which then runs as above. The verdicts are the
+same either way (a test compares them); an inline program stuck in C code past its deadline is stopped
+by killing its worker, and then what it printed before is lost.
+
 Limits: a `rstar.types.CodeJob` may set its own ``timeout_s``, ``memory_mb`` and
 ``max_output_bytes``; the limits it leaves as None are the verifier's options.
 """
@@ -24,6 +34,7 @@ from __future__ import annotations
 import array
 import asyncio
 import codecs
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -93,6 +104,11 @@ class SubprocessOptions(Options):
     max_processes: int = Field(64, ge=1, description="processes and threads one job may run (RLIMIT_NPROC)")
     max_file_mb: int = Field(64, ge=1, description="largest file a job may write (RLIMIT_FSIZE), in MiB")
     max_open_files: int = Field(256, ge=16, description="files a job may hold open at once (RLIMIT_NOFILE)")
+    inline: bool = Field(
+        True,
+        description="run closed programs (they can only compute and print) in the warm worker itself instead of "
+        "a forked child: same verdicts, ~100x faster on short arithmetic",
+    )
 
 
 class SubprocessVerifier:
@@ -123,6 +139,8 @@ class SubprocessVerifier:
             weakref.WeakKeyDictionary()
         )
         self._finalizer = weakref.finalize(self, _close_workers, self._workers)
+        self.counts: collections.Counter[str] = collections.Counter()
+        """Jobs run ``inline`` and ``forked``, and ``workers_started`` (for benchmarks and tests)."""
 
     def _with_limits(self, job: CodeJob) -> CodeJob:
         """The job with every limit it leaves unset taken from this verifier's options."""
@@ -135,11 +153,19 @@ class SubprocessVerifier:
 
     async def run(self, jobs: Sequence[CodeJob]) -> list[Verdict]:
         """One verdict per job, in order; at most ``max_workers`` jobs run at once (per event loop)."""
-        results = await asyncio.gather(*(self._run_one(job) for job in jobs), return_exceptions=True)
-        for result in results:
+        todo = [self._with_limits(job) for job in jobs]
+        verdicts: list[Verdict | None] = [None] * len(todo)
+        if self.options.inline:
+            await self._run_inline(todo, [i for i, job in enumerate(todo) if _may_inline(job)], verdicts)
+        forked = [i for i, verdict in enumerate(verdicts) if verdict is None]
+        self.counts["inline"] += len(todo) - len(forked)
+        self.counts["forked"] += len(forked)
+        results = await asyncio.gather(*(self._run_one(todo[i]) for i in forked), return_exceptions=True)
+        for i, result in zip(forked, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
-        return list(results)  # type: ignore[arg-type]
+            verdicts[i] = result
+        return verdicts  # type: ignore[return-value]
 
     def close(self) -> None:
         """Kill every worker and every job still running (their verdicts say ``killed``).
@@ -174,6 +200,7 @@ class SubprocessVerifier:
         worker = await loop.run_in_executor(_starter(), self._start_worker)
         with self._lock:
             self._workers.add(worker)
+        self.counts["workers_started"] += 1
         return worker
 
     def _release(self, worker: _Worker) -> None:
@@ -188,6 +215,87 @@ class SubprocessVerifier:
         config = {"preload": list(self.options.preload), "env": _child_env(), "drop_root": self._drop_root}
         command = [self._python, "-s", "-B", "-X", "utf8", "-c", self._worker_source]
         return _Worker.start(command, config, self.isolation, self._hidden, self._visible)
+
+    # --- inline jobs ---------------------------------------------------------------------------
+
+    async def _run_inline(self, jobs: list[CodeJob], todo: list[int], verdicts: list[Verdict | None]) -> None:
+        """Offer the jobs ``todo`` to the workers in batches; fill in the verdicts of those run inline."""
+        queue = collections.deque(todo)
+        lanes = min(self.options.max_workers, len(todo))
+        await asyncio.gather(*(self._inline_lane(jobs, queue, lanes, verdicts) for _ in range(lanes)))
+
+    async def _inline_lane(
+        self, jobs: list[CodeJob], queue: collections.deque[int], lanes: int, verdicts: list[Verdict | None]
+    ) -> None:
+        async with self._semaphore():
+            worker = await self._acquire()
+            try:
+                while queue:
+                    size = max(1, min(INLINE_BATCH_JOBS, -(-len(queue) // lanes)))
+                    batch: list[int] = []
+                    room = INLINE_BATCH_CHARS
+                    while queue and len(batch) < size and (not batch or len(jobs[queue[0]].program) <= room):
+                        room -= len(jobs[queue[0]].program)
+                        batch.append(queue.popleft())
+                    if not await self._inline_batch(worker, jobs, batch, queue, verdicts):
+                        self._release(worker)  # it died or was killed: replace it
+                        worker = await self._acquire()
+            finally:
+                self._release(worker)
+
+    async def _inline_batch(
+        self,
+        worker: _Worker,
+        jobs: list[CodeJob],
+        batch: list[int],
+        queue: collections.deque[int],
+        verdicts: list[Verdict | None],
+    ) -> bool:
+        """Run one batch on ``worker``; False when the worker had to be given up (unanswered jobs requeued)."""
+        loop = asyncio.get_running_loop()
+        fields = ("program", "timeout_s", "memory_mb", "max_output_bytes")
+        payload = json.dumps({"inline": [{f: getattr(jobs[i], f) for f in fields} for i in batch]}).encode()
+        sock = worker.control
+        waiting = list(batch)  # the worker answers in order: the first one waiting is the one running
+        healthy = True
+        try:
+            sock.setblocking(False)
+            await loop.sock_sendall(sock, payload)
+            started = time.monotonic()
+            while waiting:
+                job = jobs[waiting[0]]
+                assert job.timeout_s is not None
+                messages, closed = await _receive(sock, started + job.timeout_s + INLINE_KILL_GRACE_S)
+                for message in messages:
+                    header, _, output = message.partition(b"\n")
+                    answer = json.loads(header)
+                    index = batch[answer["i"]]
+                    waiting.remove(index)
+                    started = time.monotonic()
+                    if answer.get("fork"):
+                        continue
+                    verdicts[index] = _inline_verdict(jobs[index], answer, output)
+                    healthy = healthy and not answer.get("retire")
+                if closed or (not messages and waiting):
+                    healthy = False
+                    if not closed:  # past its deadline and stuck (in C code, say): kill the worker
+                        verdicts[waiting[0]] = Verdict("timeout", "", _timeout_error(job), time.monotonic() - started)
+                    else:
+                        verdicts[waiting[0]] = self._abnormal_end(
+                            worker, None, job, "", True, b"", time.monotonic() - started
+                        )
+                    queue.extendleft(reversed(waiting[1:]))
+                    worker.kill()
+                    return False
+        except OSError:  # the worker died before it got the batch
+            worker.kill()
+            queue.extendleft(reversed(waiting))
+            return False
+        finally:
+            if not worker.closed:
+                with contextlib.suppress(OSError):
+                    sock.setblocking(True)
+        return healthy
 
     # --- one job ------------------------------------------------------------------------------
 
@@ -304,9 +412,9 @@ class SubprocessVerifier:
 
         text = _decode(bytes(output), complete=not overflow)
         if overflow:
-            return Verdict("output_limit", text, f"OutputLimitError: output exceeded {limit} bytes", duration)
+            return Verdict("output_limit", text, _output_limit_error(job), duration)
         if timed_out:
-            return Verdict("timeout", text, f"TimeoutError: time limit of {job.timeout_s:g} s exceeded", duration)
+            return Verdict("timeout", text, _timeout_error(job), duration)
         ready, reported = _read_channel(channel_r)
         if reported is not None:
             status, error = reported
@@ -447,6 +555,73 @@ def _close_workers(workers: Any) -> None:
     for worker in list(workers):
         worker.retired = True
         worker.kill()
+
+
+# --- inline jobs: size limits, answers ---------------------------------------------------------------
+
+INLINE_BATCH_JOBS = 64
+"""Most jobs in one inline batch (the lanes split smaller queues evenly)."""
+INLINE_BATCH_CHARS = 256 * 1024
+"""Most program text in one inline batch (the control socket's messages are at most 1 MiB)."""
+INLINE_MAX_OUTPUT_BYTES = 512 * 1024
+"""Jobs that may print more than this are forked: an answer travels in one socket message."""
+INLINE_KILL_GRACE_S = 0.5
+"""How long after its deadline an inline program that its worker's alarm did not stop (C code) may run."""
+
+
+def _may_inline(job: CodeJob) -> bool:
+    """Whether the worker may be offered ``job`` inline (it still checks that the program is closed)."""
+    return (
+        len(job.program) <= INLINE_BATCH_CHARS
+        and job.max_output_bytes is not None
+        and job.max_output_bytes <= INLINE_MAX_OUTPUT_BYTES
+    )
+
+
+def _timeout_error(job: CodeJob) -> str:
+    return f"TimeoutError: time limit of {job.timeout_s:g} s exceeded"
+
+
+def _output_limit_error(job: CodeJob) -> str:
+    return f"OutputLimitError: output exceeded {job.max_output_bytes} bytes"
+
+
+def _inline_verdict(job: CodeJob, answer: dict[str, Any], output: bytes) -> Verdict:
+    status = answer["status"]
+    duration = float(answer.get("duration_s", 0.0))
+    text = _decode(output, complete=status != "output_limit")
+    if status == "output_limit":
+        return Verdict("output_limit", text, _output_limit_error(job), duration)
+    if status == "timeout":
+        return Verdict("timeout", text, _timeout_error(job), duration)
+    return Verdict(status, text, str(answer.get("error", "")), duration)
+
+
+async def _receive(sock: socket.socket, deadline: float) -> tuple[list[bytes], bool]:
+    """Every message waiting on ``sock`` (waiting for one until ``deadline``, monotonic), and whether it closed."""
+    messages: list[bytes] = []
+
+    def drain() -> bool:
+        while True:
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            messages.append(data)
+
+    closed = drain()
+    if messages or closed:
+        return messages, closed
+    timeout = deadline - time.monotonic()
+    if timeout > 0:
+        with contextlib.suppress(asyncio.TimeoutError, OSError):
+            await asyncio.wait_for(_wait_fd(sock.fileno(), writable=False), timeout)
+        closed = drain()
+    return messages, closed
 
 
 # --- reading and writing pipes from any event loop --------------------------------------------------

@@ -7,7 +7,8 @@ available; in a container, CONTROL is the path of a Unix socket to connect to). 
    makes itself a child subreaper (orphans of its jobs become its children, so it can end them),
    and sends ``ready`` on the control socket (a Unix ``SOCK_SEQPACKET`` socket);
 2. waits for messages on that socket: a job (a JSON header with the limits and, passed as file
-   descriptors, the job's stdin, stdout, stderr, verdict channel and status pipe), or ``kill``;
+   descriptors, the job's stdin, stdout, stderr, verdict channel and status pipe), ``kill``, or a
+   batch of ``inline`` jobs (step 5);
 3. for each job, forks one child that starts a new session, enters a fresh temporary directory,
    drops root (to ``nobody``) when it has it, sets its rlimits (address space on top of what the
    worker already mapped, CPU time, file size, open files, processes, no core dumps), reseeds the
@@ -18,10 +19,22 @@ available; in a container, CONTROL is the path of a Unix socket to connect to). 
    ``{"exit": CODE}`` (negative: killed by that signal) to the status pipe, removes the job's
    directory and closes the status pipe: that EOF tells the parent the slot is free again.
 
+5. an ``inline`` batch holds programs to run here, in the worker itself, when they are *closed*: a
+   static check of the parsed program (`closed_program`) proves it cannot reach any state that
+   outlives it -- no imports but ``math``, ``cmath`` and ``fractions.Fraction``, no name, attribute,
+   keyword or string with an underscore prefix or ``__`` in it, no assignment to an attribute, no
+   ``eval``/``open``/``getattr``/``type``/..., no generators, ``with`` or ``match``. Such a program can
+   only compute and print; it runs in a fresh namespace with its output captured (and capped), a
+   SIGALRM deadline and a soft address-space limit, and one reply per program goes back on the control
+   socket. A program that is not closed is answered ``fork`` and the parent sends it as a forked job.
+   This saves the fork, the pipes and the temporary directory, which cost far more than a short
+   arithmetic step itself.
+
 A forked child has its own copy of everything, so nothing a job does (rebinding ``math.sqrt``,
-leaving globals) reaches the next one. When the control socket closes (the parent is gone), the
-worker kills its job and exits. Only the standard library is used; the source stays valid for
-Python 3.8+ because the sandbox interpreter may be another one than rstar's.
+leaving globals) reaches the next one; an inline program cannot do either (step 5). When the
+control socket closes (the parent is gone), the worker kills its job and exits. Only the standard
+library is used; the source stays valid for Python 3.8+ because the sandbox interpreter may be
+another one than rstar's.
 """
 
 import array
@@ -43,6 +56,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 
 MAX_ERROR_CHARS = 2000
 FILENAME = "<program>"
@@ -65,15 +79,27 @@ def describe(exc):
     return text
 
 
-def run(source):
-    """Execute ``source`` REPL-style; return ``(status, error)``."""
+class Deadline(BaseException):
+    """Raised by SIGALRM in an inline program that ran out of time."""
+
+
+class OutputLimit(BaseException):
+    """Raised by an inline program's output capture once the program printed more than it may."""
+
+
+def run(source, accept=None):
+    """Execute ``source`` REPL-style; return ``(status, error)``, or None when ``accept(tree)`` refuses it."""
     try:
         tree = ast.parse(source, FILENAME, "exec")
+        if accept is not None and not accept(tree):
+            return None
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
         body = compile(tree, FILENAME, "exec")
         tail = compile(last, FILENAME, "eval") if last is not None else None
+    except (Deadline, OutputLimit):
+        raise
     except MemoryError as exc:
         return "memory", describe(exc)
     except BaseException as exc:  # SyntaxError, or ValueError for NUL bytes
@@ -86,6 +112,8 @@ def run(source):
             value = eval(tail, namespace)
             if value is not None:
                 print(str(value))
+    except (Deadline, OutputLimit):
+        raise
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
             return "ok", ""
@@ -97,6 +125,151 @@ def run(source):
     finally:
         namespace.clear()  # frees the program's data before the verdict is written
     return "ok", ""
+
+
+# --- inline programs (step 5 of the module docstring) ----------------------------------------------
+
+INLINE_IMPORTS = {"math": None, "cmath": None, "fractions": {"Fraction"}}
+"""Modules an inline program may import: None = the whole module (it holds no modules and no mutable
+state), a set = only these names with ``from``."""
+SHARED_STATE_NAMES = frozenset(
+    [
+        *("eval", "exec", "compile", "open", "input", "breakpoint", "help", "exit", "quit", "globals", "locals"),
+        *("vars", "getattr", "setattr", "delattr", "type", "memoryview", "copyright", "credits", "license"),
+    ]
+)
+"""Builtins that reach or change state beyond the program's own objects (or read files, or stop the worker)."""
+_REFUSED_NODES = tuple(
+    getattr(ast, name)
+    for name in ("Yield", "YieldFrom", "Await", "AsyncFunctionDef", "AsyncFor", "AsyncWith", "With", "Match")
+    if hasattr(ast, name)
+)
+RETIRE_GROWTH_BYTES = 256 * 1024 * 1024
+"""A worker whose peak resident memory grew by this much since it started asks to be replaced."""
+
+
+def closed_program(tree):
+    """Whether a parsed program provably touches nothing that outlives it (so it may run inline).
+
+    Conservative: a program refused here is simply forked, as every program was before.
+    """
+    for node in ast.walk(tree):
+        kind = type(node)
+        if kind is ast.Name:
+            if node.id.startswith("_") or node.id in SHARED_STATE_NAMES:
+                return False
+        elif kind is ast.Attribute:
+            if node.attr.startswith("_") or not isinstance(node.ctx, ast.Load):
+                return False
+        elif kind is ast.Constant:
+            if isinstance(node.value, str) and "__" in node.value:
+                return False  # e.g. no "{0.__class__}" format field
+        elif kind is ast.Import:
+            if any(alias.name not in INLINE_IMPORTS or INLINE_IMPORTS[alias.name] is not None for alias in node.names):
+                return False
+        elif kind is ast.ImportFrom:
+            allowed = INLINE_IMPORTS.get(node.module or "", False)
+            if node.level or allowed is False:
+                return False
+            if allowed is not None and any(alias.name not in allowed for alias in node.names):
+                return False
+        elif kind in (ast.FunctionDef, ast.ClassDef):
+            if node.name.startswith("_"):
+                return False
+        elif kind is ast.arg or kind is ast.keyword:
+            if node.arg is not None and node.arg.startswith("_"):
+                return False
+        elif kind is ast.alias:
+            if (node.asname or "").startswith("_"):
+                return False
+        elif kind is ast.ExceptHandler:
+            if (node.name or "").startswith("_"):
+                return False
+        elif kind is ast.Global or kind is ast.Nonlocal or isinstance(node, _REFUSED_NODES):
+            return False
+    return True
+
+
+class Capture:
+    """An inline program's ``sys.stdout``: UTF-8 bytes like the forked job's pipe, capped at ``limit``."""
+
+    def __init__(self, limit):
+        self.data = bytearray()
+        self.limit = limit
+        self.overflow = False
+
+    def write(self, text):
+        data = text.encode("utf-8", "surrogateescape")
+        room = self.limit - len(self.data)
+        if len(data) > room:
+            self.data += data[:room]
+            self.overflow = True
+            raise OutputLimit()
+        self.data += data
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+class InlineClock:
+    """The SIGALRM deadline of the inline program running now."""
+
+    expired = False
+
+    @classmethod
+    def alarm(cls, _signum, _frame):
+        cls.expired = True
+        raise Deadline()
+
+
+def run_inline(job, base_mapped):
+    """Run one inline job here; return its reply header (a dict) and its output, or None to fork it."""
+    capture = Capture(job["max_output_bytes"])
+    saved_stdout = sys.stdout
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    start = time.monotonic()
+    InlineClock.expired = False
+    result = None
+    try:
+        if job["memory_mb"] > 0:
+            room = base_mapped + job["memory_mb"] * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (room if hard == resource.RLIM_INFINITY else min(room, hard), hard))
+        sys.stdout = capture
+        signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
+        result = run(job["program"], accept=closed_program)
+    except (Deadline, OutputLimit):
+        pass
+    except MemoryError as exc:
+        result = ("memory", describe(exc))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.stdout = saved_stdout
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    if result is None and not (InlineClock.expired or capture.overflow):
+        return None
+    if capture.overflow:
+        status, error = "output_limit", ""
+    elif InlineClock.expired:
+        status, error = "timeout", ""
+    else:
+        status, error = result
+    header = {"status": status, "error": error, "duration_s": time.monotonic() - start}
+    return header, bytes(capture.data)
+
+
+def serve_inline(control, jobs, base_rss):
+    """Answer each job of an inline batch, in order, with one message: a JSON header line, then the output."""
+    base_mapped = mapped_bytes()
+    for index, job in enumerate(jobs):
+        answer = run_inline(job, base_mapped)
+        if answer is None:
+            control.send(json.dumps({"i": index, "fork": True}).encode())
+            continue
+        header, output = answer
+        header["i"] = index
+        header["retire"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > base_rss + RETIRE_GROWTH_BYTES
+        control.send(json.dumps(header).encode() + b"\n" + output)
 
 
 def send(fd, data):
@@ -154,7 +327,7 @@ def child_main(config, limits, fds, workdir, closing):
         os.setsid()
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
             signal.signal(sig, signal.SIG_DFL)
         for fd in closing:
             os.close(fd)
@@ -330,6 +503,8 @@ def main():
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, InlineClock.alarm)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
 
     job = None
@@ -362,6 +537,9 @@ def main():
                 finish(job)
             os._exit(0)
         message = json.loads(data)
+        if "inline" in message and job is None:
+            serve_inline(control, message["inline"], base_rss)
+            continue
         if message.get("kill"):
             if job is not None:
                 finish(job)

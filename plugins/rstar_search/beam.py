@@ -42,6 +42,9 @@ class BeamOptions(Options):
         True, description="if a sample stopped on <end_of_answer>, keep only the first such sample"
     )
 
+    def needs(self) -> tuple[str, ...]:
+        return ("reward_model",)
+
 
 _Node = StepNode
 """Beam nodes are plain steps; ``value`` holds the reward model's score."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from rstar.engine import SearchContext
-from rstar.steps import ANSWER_END, CODE_END, TOO_MANY_ERRORS, TOO_MANY_STEPS
+from rstar.steps import ANSWER_END, CODE_END, OUTPUT, OUTPUT_END, TOO_MANY_ERRORS, TOO_MANY_STEPS
 from rstar.types import CodeJob, Sample
 
 
@@ -109,43 +109,56 @@ async def make_steps(
     samples: Sequence[Sample],
     *,
     errors_threshold: int,
+    unfinished_leaf: bool = True,
+    double_output: bool = False,
 ) -> list[StepResult]:
     """Build one step per ``(parent path texts, parent depth, parent consecutive errors)`` and sample.
 
-    Code steps of all samples run in one verifier batch. A step that shows an error
-    (ALGORITHM.md 2.5: the observation contains "error") ``errors_threshold`` times in a row becomes
-    a terminal "too many code errors" leaf; a non-terminal step deeper than the budget's
-    ``max_depth`` becomes a "too many steps" leaf; a sample that ended without a stop string and
-    without an answer (end of sequence or length) is a terminal leaf without answer.
+    As the original's ``create_child`` (ALGORITHM.md 2.4, 2.5, 4.5): an answer step with an answer
+    is a terminal answer; an answer step without one (``boxed`` but nothing extracted) is an ordinary
+    step whose text is not run; every other step is code, run with the code block's earlier steps
+    (all samples in one verifier batch). A code step that shows an error (its observation contains
+    "error") ``errors_threshold`` times in a row becomes a terminal "too many code errors" leaf, its
+    text closed with ``<end_of_code>`` and given its output block (twice over if the step had closed
+    the block itself and ``double_output``, as the original did). A step that is not terminal and is
+    deeper than the budget's ``max_depth`` becomes a "too many steps" leaf.
+
+    ``unfinished_leaf``: a sample that ended without a stop string (end of sequence or length) and
+    without an answer is a terminal leaf without answer; otherwise (the original) it is an ordinary
+    step.
     """
     fmt = ctx.step_format
     parsed = [fmt.parse(s.text) for s in samples]
     jobs: list[CodeJob] = []
     job_of: dict[int, int] = {}
     for i, ((path, _, _), sample, p) in enumerate(zip(parents, samples, parsed, strict=True)):
-        if not (p.is_answer and p.final_answer is not None):
+        if not p.is_answer:
             job_of[i] = len(jobs)
             jobs.append(CodeJob(fmt.program(path, sample.text)))
     verdicts = await ctx.execute(jobs) if jobs else []
 
     steps: list[StepResult] = []
     for i, ((_, depth, errors), sample, p) in enumerate(zip(parents, samples, parsed, strict=True)):
-        if i not in job_of:
-            steps.append(StepResult(sample.text, None, True, p.final_answer, 0))
+        text, output, consecutive = sample.text, None, 0
+        if p.is_answer and p.final_answer is not None:
+            steps.append(StepResult(text, None, True, p.final_answer, 0))
             continue
-        observation = fmt.observation(verdicts[job_of[i]])
-        failed = fmt.is_error(observation)
-        consecutive = errors + 1 if failed else 0
-        text = sample.text
-        shown = fmt.shows_output(text)
-        if shown:
-            text = fmt.with_output(text, observation)
-        output = observation if shown else None
-        if failed and consecutive >= errors_threshold:
-            if not shown:
-                text = fmt.with_output(text + CODE_END, observation)
-            steps.append(StepResult(text, observation, True, TOO_MANY_ERRORS, consecutive))
-        elif sample.finish_reason != "stop":
+        if i in job_of:
+            observation = fmt.observation(verdicts[job_of[i]])
+            failed = fmt.is_error(observation)
+            consecutive = errors + 1 if failed else 0
+            shown = fmt.shows_output(text)
+            if shown:
+                text = fmt.with_output(text, observation)
+                output = observation
+            if failed and consecutive >= errors_threshold:
+                if not shown:
+                    text = fmt.with_output(sample.text + CODE_END, observation)
+                elif double_output:
+                    text = fmt.with_output(sample.text, f"{OUTPUT}{observation}{OUTPUT_END}")
+                steps.append(StepResult(text, observation, True, TOO_MANY_ERRORS, consecutive))
+                continue
+        if unfinished_leaf and sample.finish_reason != "stop":
             steps.append(StepResult(text, output, True, None, consecutive))
         elif depth + 1 > ctx.budget.max_depth:
             steps.append(StepResult(text, output, True, TOO_MANY_STEPS, consecutive))

@@ -12,7 +12,11 @@ tree grown here goes through exactly the same states as in the original (ALGORIT
   "closed": marked terminal);
 * so the first rollout creates nodes down to depth ``max_depth``, and later rollouts can expand a
   node at depth ``max_depth``, whose code children become "too many steps" leaves at ``max_depth + 1``
-  (an answer there is still a valid answer).
+  (an answer there is still a valid answer);
+* children are made by `rstar_search.expand.make_steps` as the original's ``create_child``: a sample that
+  ended without a stop string is an ordinary step (``unfinished: leaf`` makes it an invalid leaf), and a
+  step that closed the code block and hits the error threshold gets its output block twice
+  (``double_output``).
 
 Values (ALGORITHM.md 4.6, 4.7, 4.10): an invalid leaf gets -1 on itself only; in ``sampling`` mode an
 answer gets +1 or -1 from the reference answer, backed up to the root at once; with a reward model,
@@ -69,6 +73,16 @@ class MCTSOptions(Options):
     dedupe: bool = Field(True, description="drop samples whose text repeats an earlier sample of the same request")
     answer_collapse: bool = Field(
         True, description="if a sample stopped on <end_of_answer>, keep only the first such sample"
+    )
+    unfinished: Literal["step", "leaf"] = Field(
+        "step",
+        description="a sample that ended without a stop string and without an answer: an ordinary step "
+        "(step, as the original) or a terminal leaf without answer that gets -1 (leaf)",
+    )
+    double_output: bool = Field(
+        True,
+        description="a step that closed the code block and ends the solution with too many code errors "
+        "gets its output block wrapped twice, as the original did (false: once)",
     )
     runs: int = Field(1, ge=1, description="independent MCTS runs per problem; their best answers are pooled")
     vote: PooledVote = Field(
@@ -196,7 +210,14 @@ class _Search:
         (result,) = await ctx.generate([request])
         samples = post_filter(result.samples, dedupe=opts.dedupe, answer_collapse=opts.answer_collapse)
         parent = (path, node.depth, node.consecutive_errors)
-        steps = await make_steps(ctx, [parent] * len(samples), samples, errors_threshold=opts.errors_threshold)
+        steps = await make_steps(
+            ctx,
+            [parent] * len(samples),
+            samples,
+            errors_threshold=opts.errors_threshold,
+            unfinished_leaf=opts.unfinished == "leaf",
+            double_output=opts.double_output,
+        )
 
         children = [node.add_child(_Node, step) for step in steps]
 
