@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from rstar_sandbox.subprocess_verifier import SubprocessOptions, SubprocessVerifier
-from rstar_sandbox.worker import closed_program
+from rstar_sandbox.worker import accept_closed, closed_program
 
 from rstar.types import CodeJob
 
@@ -57,12 +57,14 @@ def test_closed_programs_are_accepted(program):
         tree = ast.parse(program)
     except SyntaxError:
         return  # the worker answers a syntax error itself
-    assert closed_program(tree)
+    assert closed_program(tree) and accept_closed(program)(tree)
 
 
-@pytest.mark.parametrize("program", OPEN)
+@pytest.mark.parametrize("program", [*OPEN, "ｅｖａｌ('1')", "ｘ = ｏｐｅｎ", "ｇｅｔａｔｔｒ(1, 'real')"])
 def test_programs_that_can_reach_shared_state_are_refused(program):
-    assert not closed_program(ast.parse(program))
+    # full-width letters are NFKC-normalised into plain identifiers: the quick text test must not wave them through
+    tree = ast.parse(program)
+    assert not closed_program(tree) and not accept_closed(program)(tree)
 
 
 def verdicts(inline: bool, jobs: list[CodeJob]):

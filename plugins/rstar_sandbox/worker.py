@@ -48,6 +48,7 @@ import io
 import json
 import os
 import random
+import re
 import resource
 import select
 import shutil
@@ -223,21 +224,56 @@ class InlineClock:
         raise Deadline()
 
 
-def run_inline(job, base_mapped):
+PLAIN_PROGRAM = re.compile(
+    r"[^\x00-\x7f]|[_.]|import|yield|await|async|with|match|global|nonlocal|" + "|".join(sorted(SHARED_STATE_NAMES))
+)
+"""A program without any of these (no attribute access, no underscore, ASCII only -- identifiers are
+NFKC-normalised, so a full-width ``ｅｖａｌ`` is ``eval``) is closed without walking its syntax tree."""
+
+
+def accept_closed(source):
+    """The acceptance test for an inline program: `closed_program`, after a quick look at the text."""
+    return accept_all if PLAIN_PROGRAM.search(source) is None else closed_program
+
+
+def accept_all(_tree):
+    return True
+
+
+class InlineLimits:
+    """The soft address-space limit of inline programs, set once per batch (and again if a job's differs)."""
+
+    def __init__(self):
+        self.saved = resource.getrlimit(resource.RLIMIT_AS)
+        self.base = mapped_bytes()
+        self.memory_mb = None
+
+    def apply(self, memory_mb):
+        if memory_mb == self.memory_mb:
+            return
+        soft, hard = self.saved
+        room = self.base + memory_mb * 1024 * 1024 if memory_mb > 0 else soft
+        if hard != resource.RLIM_INFINITY:
+            room = min(room, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (room, hard))
+        self.memory_mb = memory_mb
+
+    def restore(self):
+        resource.setrlimit(resource.RLIMIT_AS, self.saved)
+
+
+def run_inline(job, limits):
     """Run one inline job here; return its reply header (a dict) and its output, or None to fork it."""
     capture = Capture(job["max_output_bytes"])
     saved_stdout = sys.stdout
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     start = time.monotonic()
     InlineClock.expired = False
     result = None
     try:
-        if job["memory_mb"] > 0:
-            room = base_mapped + job["memory_mb"] * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (room if hard == resource.RLIM_INFINITY else min(room, hard), hard))
+        limits.apply(job["memory_mb"])
         sys.stdout = capture
         signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
-        result = run(job["program"], accept=closed_program)
+        result = run(job["program"], accept=accept_closed(job["program"]))
     except (Deadline, OutputLimit):
         pass
     except MemoryError as exc:
@@ -245,7 +281,6 @@ def run_inline(job, base_mapped):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         sys.stdout = saved_stdout
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     if result is None and not (InlineClock.expired or capture.overflow):
         return None
     if capture.overflow:
@@ -260,16 +295,20 @@ def run_inline(job, base_mapped):
 
 def serve_inline(control, jobs, base_rss):
     """Answer each job of an inline batch, in order, with one message: a JSON header line, then the output."""
-    base_mapped = mapped_bytes()
-    for index, job in enumerate(jobs):
-        answer = run_inline(job, base_mapped)
-        if answer is None:
-            control.send(json.dumps({"i": index, "fork": True}).encode())
-            continue
-        header, output = answer
-        header["i"] = index
-        header["retire"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > base_rss + RETIRE_GROWTH_BYTES
-        control.send(json.dumps(header).encode() + b"\n" + output)
+    limits = InlineLimits()
+    try:
+        for index, job in enumerate(jobs):
+            answer = run_inline(job, limits)
+            if answer is None:
+                control.send(json.dumps({"i": index, "fork": True}).encode())
+                continue
+            header, output = answer
+            header["i"] = index
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            header["retire"] = peak > base_rss + RETIRE_GROWTH_BYTES
+            control.send(json.dumps(header).encode() + b"\n" + output)
+    finally:
+        limits.restore()
 
 
 def send(fd, data):
