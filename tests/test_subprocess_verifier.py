@@ -374,3 +374,29 @@ def test_an_interpreter_under_tmp_is_bound_back_into_the_private_tmp(tmp_path):
     # the folders on the way are created passable for jobs that run as 'nobody'
     parent = os.path.dirname(visible[0])
     assert ["--perms", "0755", "--dir", parent] == args[bind - 4 : bind]
+
+
+def test_removing_a_job_directory_never_changes_its_parent(tmp_path, monkeypatch):
+    # A failure on the job directory itself (not on something inside it) once made the worker chmod the
+    # directory's parent -- the shared /tmp -- to 0700.
+    import os
+
+    from rstar_sandbox import worker
+
+    parent = tmp_path / "shared"
+    job = parent / "rstar-sandbox-job"
+    (job / "sub").mkdir(parents=True)
+    (job / "sub" / "file").write_text("x")
+    parent.chmod(0o1777)
+    real_rmdir, failed = os.rmdir, []
+
+    def flaky_rmdir(target, *args, **kwargs):
+        if os.fspath(target) == str(job) and not failed:
+            failed.append(target)
+            raise PermissionError(13, "Permission denied", str(target))
+        return real_rmdir(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", flaky_rmdir)
+    worker.remove_tree(str(job))
+    assert failed and not job.exists()
+    assert parent.stat().st_mode & 0o7777 == 0o1777

@@ -488,9 +488,15 @@ def kill_everything(job_pid):
 
 
 def remove_tree(path):
+    """Remove a job's directory, making what the job made read-only writable first; never touches
+    anything outside ``path`` (its parent is the shared temporary directory)."""
+    root = os.path.abspath(path)
+
     def make_writable_and_retry(func, target, _exc):
         with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(target), stat.S_IRWXU)
+            parent = os.path.dirname(os.path.abspath(target))
+            if parent == root or parent.startswith(root + os.sep):
+                os.chmod(parent, stat.S_IRWXU)
             if os.path.isdir(target) and not os.path.islink(target):
                 os.chmod(target, stat.S_IRWXU)
             func(target)
