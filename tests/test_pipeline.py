@@ -155,7 +155,7 @@ def _kill_when(proc: subprocess.Popen[bytes], condition, timeout: float = 240.0)
     while not condition():
         assert proc.poll() is None, "the run ended before the kill point"
         assert time.monotonic() < deadline, "the kill point was never reached"
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -165,6 +165,8 @@ def test_killed_in_the_middle_of_stages_and_resumed(tmp_path, write_recipe, tiny
     problems = tmp_path / "adds.jsonl"
     problems.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in adder_problems(24)))
     recipe = pipeline_recipe(tmp_path, problems, tiny_base, max_in_flight=2, rounds=1)
+    # every program forked (not run inline): a search slow enough for the kill to land inside it
+    recipe["verifier"] = {**recipe["verifier"], "inline": False}
     # many small optimizer steps with a checkpoint after each, so that the kill lands inside training
     recipe["train_sft"] = {**recipe["train_sft"], "batch_size": 1, "epochs": 3, "checkpoint_every_n_steps": 1}
     path = write_recipe(recipe)
