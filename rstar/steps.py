@@ -266,24 +266,8 @@ def extract_answer(text: str) -> str | None:
 
     None when there is no box, its braces never close, or it is empty.
     """
-    matches = list(_BOXED.finditer(text))
-    if not matches:
-        return None
-    start = matches[-1].end()
-    depth = 1
-    for i in range(start, len(text)):
-        ch = text[i]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                answer = text[start:i].strip()
-                m = _TEXT.match(answer)
-                if m:
-                    answer = "" if m.group(1).strip() == "and" else m.group(1).strip()
-                return answer or None
-    return None
+    found, content = _last_box(text)
+    return (_without_text(content) or None) if found and content is not None else None
 
 
 def extract_answer_original(text: str) -> str:
@@ -294,19 +278,34 @@ def extract_answer_original(text: str) -> str:
     text = text.split(".\n", 1)[0].strip()
     if text.endswith("."):
         text = text[:-1]
+    found, content = _last_box(text)
+    if found:
+        text = content or ""
+    return _without_text(text)
+
+
+def _last_box(text: str) -> tuple[bool, str | None]:
+    """Whether ``text`` has a ``\\boxed{``, and the last box's content (braces matched; None when they
+    never close)."""
     matches = list(_BOXED.finditer(text))
-    if matches:
-        start, depth, answer = matches[-1].end(), 1, ""
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                answer = text[start:i]
-                break
-        text = answer
-    m = _TEXT.match(text.strip())
+    if not matches:
+        return False, None
+    start = matches[-1].end()
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return True, text[start:i]
+    return True, None
+
+
+def _without_text(answer: str) -> str:
+    """``answer`` stripped, with one ``\\text{...}`` wrapper around all of it removed (``and`` alone: empty)."""
+    answer = answer.strip()
+    m = _TEXT.match(answer)
     if m:
-        text = "" if m.group(1).strip() == "and" else m.group(1)
-    return text.strip()
+        answer = "" if m.group(1).strip() == "and" else m.group(1).strip()
+    return answer
 
 
 _ORIGINAL_TOOL = r"""

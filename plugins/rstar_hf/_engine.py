@@ -198,7 +198,6 @@ class Engine:
     def run(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         encoded: dict[str, list[int]] = {}
         rows_by_request: list[list[_Row]] = []
-        prompt_tokens: list[int] = []
         plans: list[PromptPlan] = []
         for r, req in enumerate(requests):
             _check(req)
@@ -206,7 +205,6 @@ class Engine:
                 encoded[req.prompt] = self.encode(req.prompt)
             plan = self._plan(encoded[req.prompt], req.max_tokens)
             plans.append(plan)
-            prompt_tokens.append(plan.prompt_tokens or 0)
             if not isinstance(plan.prompt, list):  # skipped: too long for the context
                 rows_by_request.append([])
                 continue
@@ -246,7 +244,7 @@ class Engine:
         return [
             GenerationResult(
                 tuple(Sample(row.final_text, row.finish or "length", row.stop, row.num_tokens) for row in rows),
-                prompt_tokens=prompt_tokens[k],
+                prompt_tokens=plans[k].prompt_tokens or 0,
             )
             if rows or requests[k].n == 0
             else skipped_result(requests[k], plans[k])

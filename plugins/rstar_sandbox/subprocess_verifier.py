@@ -300,7 +300,7 @@ class SubprocessVerifier:
     # --- one job ------------------------------------------------------------------------------
 
     async def _run_one(self, job: CodeJob) -> Verdict:
-        job = self._with_limits(job)
+        """Run one job (its limits already filled in by `run`) as a forked child."""
         async with self._semaphore():
             worker = await self._acquire()
             try:
