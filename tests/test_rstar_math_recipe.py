@@ -2,8 +2,8 @@
 
 The recipe itself needs vLLM on GPUs. Here command-line style overrides swap only what cannot run on
 this machine -- the vLLM policy and PPM (for the scripted ``adder`` world and the ``hf`` reward model),
-the 7B base model (for a tiny random Llama), FSDP and bf16 (for one CPU process), the problem files and
-the sizes -- and keep everything else the recipe says: four rounds, the bootstrap prompt of round 1,
+the 7B base model (for a tiny random Llama), bf16 on eight GPUs (for float32 FSDP in one CPU process), the
+problem files and the sizes -- and keep everything else the recipe says: four rounds, the bootstrap prompt of round 1,
 terminal-guided search in rounds 1-2, PPM-augmented search from the previous round's PPM in rounds 3-4,
 the extra rollouts for unsolved problems in round 4, SFT from the base model and the PPM from the
 round's SFT model in every round, and both evaluation runs.
@@ -27,7 +27,10 @@ pytest.importorskip("transformers")
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "rstar_math.yaml"
 SCRIPTED = '{name: scripted, fn: "rstar.testing.worlds:adder"}'
-TRAIN = "{epochs: 1, lr: 1.0e-3, batch_size: 4, grad_accum: 1, max_length: 256, precision: 32-true, strategy: auto}"
+TRAIN = (
+    "{epochs: 1, lr: 1.0e-3, batch_size: 4, grad_accum: 1, max_length: 256, precision: 32-true, "
+    "strategy: fsdp, accelerator: cpu, devices: 1}"
+)
 
 
 def miniature(tmp_path: Path, base: Path, problems: Path) -> list[str]:
@@ -92,6 +95,9 @@ def test_the_papers_four_rounds_run_end_to_end_in_miniature(tmp_path):
         ppm = json.loads((folder / "train_ppm" / "summary.json").read_text())
         assert sft["init_model"] == str(base)  # every round's policy is fine-tuned from the base model
         assert ppm["init_model"] == str(folder / "train_sft" / "model")
+        for trainer in ("train_sft", "train_ppm"):  # the recipe's FSDP, here in one CPU process
+            trained = json.loads((folder / trainer / "model" / "rstar_trained.json").read_text())
+            assert trained["options"]["strategy"] == "fsdp"
         for label in ("greedy", "mcts_ppm"):
             assert len(read_trees(folder / "evaluate" / label / "trees.jsonl")) == 6
     # round 3 searched with round 2's PPM, round 4 with round 3's

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,15 +147,27 @@ def test_empty_data_file_is_an_error_naming_it(tiny: Path, tmp_path: Path) -> No
         ppm.PPMTrainer(ppm.PPMOptions(**FAST)).fit(data, str(tiny), tmp_path / "out")
 
 
-def test_fsdp_is_refused_on_cpus(rstar_registry: Any, tiny: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"strategy: .*'fsdp' needs GPUs"):
-        rstar_registry.build("trainer", {"name": "sft", "strategy": "fsdp", "accelerator": "cpu"})
+def test_lora_with_fsdp_is_refused(rstar_registry: Any) -> None:
     with pytest.raises(ConfigError, match=r"lora: .*LoRA cannot be combined with strategy 'fsdp'"):
         rstar_registry.build("trainer", {"name": "ppm", "strategy": "fsdp", "accelerator": "gpu", "lora": {"r": 4}})
-    if not torch.cuda.is_available():  # accelerator auto finds the CPU when fit starts, before reading anything
-        trainer = sft.SFTTrainer(sft.SFTOptions(strategy="fsdp"))
-        with pytest.raises(ConfigError, match=r"strategy: .*needs GPUs.*no CUDA GPU"):
-            trainer.fit(tmp_path / "missing.jsonl", str(tiny), tmp_path / "out")
+
+
+def test_fsdp_in_one_process_leaves_the_process_as_it_found_it(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One CPU process still sets up a process group (and MASTER_PORT) for FSDP; fit takes both down again,
+    or the next multi-process run in this process would find the port taken (EADDRINUSE)."""
+    from rstar_lightning._launch import ENV_KEYS
+
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "Q: 1 + 1?\n", "response": "x = 2<end_of_step>"}) + "\n", encoding="utf-8")
+    trainer = sft.SFTTrainer(sft.SFTOptions(**FAST, strategy="fsdp", devices=1, epochs=1))
+    trainer.fit(data, str(tiny), tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["world_size"] == 1
+    assert not torch.distributed.is_initialized()
+    assert [key for key in ENV_KEYS if key in os.environ] == []
 
 
 def test_processes_started_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:

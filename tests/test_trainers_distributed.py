@@ -1,4 +1,4 @@
-"""``strategy: ddp`` with two CPU processes (gloo): `rstar train sft|ppm` as a command, on a tiny random Llama.
+"""``strategy: ddp`` and ``fsdp`` on two CPU processes (gloo): `rstar train sft|ppm` as commands, tiny random Llama.
 
 The trainers start their own worker processes (`rstar_lightning._launch`), so these tests check what
 would break if they did not: both ranks take part (the world size is logged and every rank sees half
@@ -71,6 +71,14 @@ def processes_mentioning(text: str) -> list[str]:
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a shared machine: no thread oversubscription
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` with this folder importable (for the trainer subclasses defined here)."""
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", code]
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
 
 
@@ -164,21 +172,121 @@ def test_a_failing_worker_fails_the_run_naming_it(tmp_path: Path) -> None:
         "except RstarError as exc:\n"
         "    print('RSTAR ERROR:', exc); sys.exit(2)\n"
     )
-    env_path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": env_path, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+    done = run_python(code, tmp_path)
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
     assert "RSTAR ERROR: trainer: training worker rank 1" in done.stdout
     assert "injected failure on rank 1" in done.stderr  # the worker's own traceback is shown
     assert not (out / "model").exists()
     assert processes_mentioning(str(out)) == []
+
+
+class CrashAtStep2(SFTTrainer):
+    """Every rank raises once 2 optimizer steps are done (after ``checkpoint_every_n_steps: 2`` wrote last.ckpt)."""
+
+    def _train_and_save(self, module: Any, *args: Any, **kwargs: Any) -> None:
+        step = module.training_step
+
+        def crashing(batch: Any, batch_idx: int) -> Any:
+            if module.trainer.global_step == 2:
+                raise RuntimeError("injected crash after step 2")
+            return step(batch, batch_idx)
+
+        module.training_step = crashing
+        super()._train_and_save(module, *args, **kwargs)
+
+
+def weights(model_dir: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def assert_same_weights(a: dict[str, Any], b: dict[str, Any]) -> None:
+    import torch
+
+    assert sorted(a) == sorted(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@needs_proc
+def test_fsdp_on_two_cpu_processes_matches_ddp_and_resumes(tmp_path: Path) -> None:
+    """FSDP (full shard, gloo) trains exactly what DDP trains; a crashed FSDP run resumes from its checkpoint.
+
+    The same data, seed and optimizer on 2 ranks give the same weights whether the model is replicated
+    (ddp) or sharded (fsdp): this checks the sharded optimizer step (weight decay included: under FSDP
+    every parameter is a flat 1-D shard), the gathering of the full state dict for ``save_pretrained``,
+    and, through the crash after step 2 and the resumed run, the full checkpoint (model and optimizer
+    state gathered to rank 0, then sharded again on loading).
+    """
+    import torch
+
+    tiny = build_tiny_llama(tmp_path / "tiny")
+    sft_data = write_jsonl(
+        tmp_path / "sft.jsonl",
+        [{"prompt": f"Q: {i} + {i}?\n", "response": f"x = {i} + {i}\nprint(x)<end_of_step>"} for i in range(8)],
+    )
+    pair_data = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": f"Q: {i} * 3?\n", "pos": f"x = {i} * 3<end_of_step>", "neg": f"x = {i} + 3<end_of_step>"}
+            for i in range(8)
+        ],
+    )
+    recipe = write_recipe(tmp_path)
+    sft = ["train", "sft", str(recipe), "--data", str(sft_data), "--init", str(tiny)]
+
+    done = run([*rstar_command(), *sft, *(f"train_sft.{o}" for o in DDP), "--out", str(tmp_path / "ddp")], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    # fsdp: crash after step 2 (last.ckpt written at step 2), then the same command again resumes
+    out = tmp_path / "fsdp"
+    options = {**TRAIN, "strategy": "fsdp", "devices": 2, "checkpoint_every_n_steps": 2}
+    code = (
+        "from pathlib import Path; from test_trainers_distributed import CrashAtStep2\n"
+        f"trainer = CrashAtStep2(CrashAtStep2.Options(**{options!r}))\n"
+        f"trainer.fit(Path({str(sft_data)!r}), {str(tiny)!r}, Path({str(out)!r}))\n"
+    )
+    crashed = run_python(code, tmp_path)
+    assert crashed.returncode != 0 and "injected crash after step 2" in crashed.stderr, crashed.stderr[-3000:]
+    assert not (out / "model").exists() and processes_mentioning(str(out)) == []
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    full = {k: v.shape for k, v in checkpoint["state_dict"].items()}  # gathered whole, not shards
+    assert (
+        full["model.model.embed_tokens.weight"]
+        == weights(tmp_path / "ddp" / "model")["model.embed_tokens.weight"].shape
+    )
+    assert sorted(checkpoint["optimizer_states"][0]["state"]) == list(range(len(full)))  # standard layout
+
+    fsdp = [
+        *(f"train_sft.{o}" for o in ("strategy=fsdp", "devices=2", "checkpoint_every_n_steps=2")),
+        "--out",
+        str(out),
+    ]
+    done = run([*rstar_command(), *sft, *fsdp], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["world_size"], metrics["steps"], metrics["resumed_from_step"]) == (2, 4, 2)
+    assert_same_weights(weights(out / "model"), weights(tmp_path / "ddp" / "model"))
+    assert processes_mentioning(str(out)) == []
+
+    # the PPM trainer (a sequence-classification model) under both strategies, from the same SFT model
+    ppm = ["train", "ppm", str(recipe), "--data", str(pair_data), "--init", str(out / "model")]
+    for strategy in ("ddp", "fsdp"):
+        args = [
+            *ppm,
+            f"train_ppm.strategy={strategy}",
+            "train_ppm.devices=2",
+            "--out",
+            str(tmp_path / f"ppm_{strategy}"),
+        ]
+        done = run([*rstar_command(), *args], tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert_same_weights(weights(tmp_path / "ppm_fsdp" / "model"), weights(tmp_path / "ppm_ddp" / "model"))
+    ppm_metrics = json.loads((tmp_path / "ppm_fsdp" / "metrics.json").read_text())
+    assert ppm_metrics["world_size"] == 2 and 0.0 <= ppm_metrics["val_accuracy"] <= 1.0
 
 
 @pytest.mark.gpu

@@ -104,7 +104,7 @@ class TrainOptions(Options):
         "auto",
         description=(
             "Lightning strategy: 'auto' (ddp when there are several devices), 'ddp' (a model copy per "
-            "process), 'fsdp' (full-shard, full state dict; GPUs only)"
+            "process), 'fsdp' (full-shard, full state dict; GPUs, or CPUs with gloo)"
         ),
     )
     logger: Literal["csv", "tensorboard"] = Field("csv", description="where metrics go, under out_dir/logs/")
@@ -125,15 +125,6 @@ class TrainOptions(Options):
         "auto",
         description="dtype of the saved weights; 'auto': the base checkpoint's dtype after GPU training, else float32",
     )
-
-    @field_validator("strategy")
-    @classmethod
-    def _fsdp_on_gpus(cls, strategy: str, info: ValidationInfo) -> str:
-        from rstar_lightning._launch import FSDP_ON_CPU
-
-        if strategy == "fsdp" and info.data.get("accelerator") == "cpu":
-            raise ValueError(FSDP_ON_CPU)
-        return strategy
 
     @field_validator("lora")
     @classmethod
@@ -341,10 +332,17 @@ def configure_adamw(module: pl.LightningModule, options: TrainOptions) -> Any:
     """AdamW (no decay on biases and norms) with linear warm-up and linear decay to 0, stepped per optimizer step."""
     import torch
 
-    params = [p for p in module.parameters() if p.requires_grad]
+    # Biases and norms are told apart by name and layer type, not by shape: under FSDP every parameter
+    # the optimizer sees is a flat 1-D shard, so a shape rule would exempt all of them from decay.
+    decay, flat = [], []
+    for layer in module.modules():
+        exempt = "norm" in type(layer).__name__.lower()
+        for name, param in layer.named_parameters(recurse=False):
+            if param.requires_grad:
+                (flat if exempt or name == "bias" else decay).append(param)
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": options.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": decay, "weight_decay": options.weight_decay},
+        {"params": flat, "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=options.lr)
     total = max(1, int(module.trainer.estimated_stepping_batches))
@@ -413,14 +411,14 @@ class LightningTrainer:
         run: tuple[Path, str, Path],
         counts: dict[str, Any],
         extra_config: dict[str, Any] | None = None,
-        before_fit: Callable[[pl.Trainer, pl.LightningModule, Any], dict[str, float]] | None = None,
+        validate_first: bool = False,
     ) -> None:
         """Fit ``module`` on ``items`` = ``(train, validation)`` and save it (rank 0); ``run`` is
         ``(data, init_model, out_dir)``, ``counts`` (examples, dropped, ...) join the metrics."""
         options, (data, init_model, out_dir), (train_items, val_items) = self.options, run, items
         train_loader = make_loader(train_items, collate, options.batch_size, True, options.seed)
         val_loader = make_loader(val_items, collate, options.batch_size, False, options.seed) if val_items else None
-        trainer, metrics = train(module, train_loader, val_loader, options, out_dir, before_fit)
+        trainer, metrics = train(module, train_loader, val_loader, options, out_dir, validate_first)
         metrics.update({**counts, "added_tokens": start.added_tokens})
         dtype = save_dtype(options, trainer, base_dtype(init_model, options))
         info = {"trainer": self.name, "init_model": init_model, "data": str(data), "options": options.model_dump()}
@@ -474,12 +472,15 @@ def train(
     val_loader: Any | None,
     options: TrainOptions,
     out_dir: Path,
-    before_fit: Callable[[pl.Trainer, pl.LightningModule, Any], dict[str, float]] | None = None,
+    validate_first: bool = False,
 ) -> tuple[pl.Trainer, dict[str, Any]]:
     """Fit ``module``, resuming from ``out_dir/checkpoints/last.ckpt`` when it exists; return the trainer
     and the run's metrics (``steps``, ``seconds``, ``world_size``, ``resumed_from_step``, ``train_loss``, ...).
 
-    ``before_fit(trainer, module, val_loader)`` runs first when there is validation data and no run to resume.
+    With ``validate_first`` (and validation data, and no run to resume) the whole validation split is
+    run before the first step, as Lightning's sanity check; the module records what it measured there in
+    ``module.initial_metrics`` (a dict), which joins the metrics. It runs inside ``fit`` because under
+    FSDP a separate ``trainer.validate`` would wrap the model once more and leave it unusable for ``fit``.
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -512,7 +513,7 @@ def train(
         default_root_dir=str(out_dir),
         enable_progress_bar=True,
         enable_model_summary=False,
-        num_sanity_val_steps=0,
+        num_sanity_val_steps=-1 if validate_first and val_loader is not None and not last.is_file() else 0,
         limit_val_batches=1.0 if val_loader is not None else 0,
     )
     metrics: dict[str, Any] = {}
@@ -525,14 +526,13 @@ def train(
         metrics["resumed_from_step"] = int(state.get("global_step", 0))
         del state
         log.info("resuming from %s (step %d)", last, metrics["resumed_from_step"])
-    elif before_fit is not None and val_loader is not None:
-        metrics.update(before_fit(trainer, module, val_loader))
     started = time.monotonic()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     metrics["seconds"] = round(time.monotonic() - started, 3)
     metrics["world_size"] = int(trainer.world_size)
     metrics["steps"] = int(trainer.global_step)
     metrics["epochs"] = int(trainer.current_epoch)
+    metrics.update(getattr(module, "initial_metrics", {}))
     for key, value in trainer.callback_metrics.items():
         if key.endswith("_step"):
             continue

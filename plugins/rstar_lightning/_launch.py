@@ -40,12 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FSDP_ON_CPU = (
-    "'fsdp' needs GPUs: on CPUs torch's FSDP refuses the model as Lightning wraps it, and gathering "
-    "the full state dict crashes; use strategy 'ddp' there"
-)
-"""Why ``strategy: fsdp`` is refused on CPUs (Lightning 2.6, torch 2.13; see docs/concepts/training.md)."""
-
 ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 """What Lightning's default cluster environment reads; set here for every rank, restored afterwards."""
 
@@ -67,11 +61,6 @@ def processes_per_node(options: TrainOptions) -> int:
     from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
     from lightning_utilities.core.rank_zero import rank_zero_only
 
-    if options.strategy == "fsdp" and options.accelerator in ("auto", "cpu"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError([f"trainer.strategy: {FSDP_ON_CPU} (no CUDA GPU was found)"])
     chatty = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." is said later
     level = chatty.level
     chatty.setLevel(logging.WARNING)
@@ -102,7 +91,7 @@ def processes_per_node(options: TrainOptions) -> int:
 def lightning_strategy(options: TrainOptions) -> Any:
     """The ``strategy`` argument of ``pl.Trainer`` for ``options.strategy``."""
     if options.strategy == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
+        from rstar_lightning._fsdp import FSDPStrategy
 
         return FSDPStrategy(sharding_strategy="FULL_SHARD", state_dict_type="full")
     return options.strategy
@@ -115,10 +104,22 @@ def local_ranks(trainer: Any, data: Path, init_model: str, out_dir: Path) -> Ite
     The body is rank 0's own ``fit``. On leaving, rank 0 waits for the workers, destroys the process
     group and restores the environment, so the same process can train again (``rstar run`` trains the
     SFT model, then the PPM).
+
+    With one process, a strategy that still sets up a process group (``fsdp`` on one device) leaves
+    the process as it found it too: the group destroyed, ``MASTER_PORT`` and the rest restored (a port
+    left in the environment would be taken by the next run's processes, still bound by this one).
+    Under an external launcher nothing is touched.
     """
     count = processes_per_node(trainer.options)
     if count <= 1:
-        yield 1
+        saved = {key: os.environ.get(key) for key in ENV_KEYS}
+        ours = "LOCAL_RANK" not in os.environ and not _process_group_initialized()
+        try:
+            yield 1
+        finally:
+            if ours:
+                _destroy_process_group()
+                _restore(saved)
         return
     job = {
         "trainer": f"{type(trainer).__module__}:{type(trainer).__qualname__}",
@@ -158,11 +159,15 @@ def local_ranks(trainer: Any, data: Path, init_model: str, out_dir: Path) -> Ite
         raise
     finally:
         _destroy_process_group()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore(saved)
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 class _Watcher(threading.Thread):
@@ -248,10 +253,16 @@ def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
             worker.wait()
 
 
+def _process_group_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def _destroy_process_group() -> None:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if _process_group_initialized():
         dist.destroy_process_group()
 
 
@@ -270,8 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     except RstarError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The worker has written nothing of its own (rank 0 saves), so the interpreter's teardown is skipped:
+    # torch's native threads (gloo, FSDP) can still be running when their objects are freed there,
+    # which aborts the process after a successful run (status -6 or -11, "terminate called without an
+    # active exception"), about one run in five with FSDP on CPUs.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -48,7 +48,6 @@ from rstar_lightning._common import (
 )
 
 if TYPE_CHECKING:
-    import lightning.pytorch as pl
     import torch
 
 log = logging.getLogger(__name__)
@@ -157,6 +156,7 @@ def heads_in_float32(model: Any) -> None:
 
 def _module_class() -> Any:
     import lightning.pytorch as pl
+    import torch
 
     class PPMModule(pl.LightningModule):
         """Bradley–Terry loss on the scores of the positive and the negative text of each pair."""
@@ -167,6 +167,8 @@ def _module_class() -> Any:
             self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be on
             self.options = options
             self.transform = ScoreTransform(options.transform, options.scale)
+            self.initial_metrics: dict[str, float] = {}
+            self._initial = torch.zeros(3)  # correct pairs, loss x pairs, pairs: the sanity pass before training
 
         def scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -180,6 +182,10 @@ def _module_class() -> Any:
             pos, neg = self.scores(batch)
             loss = bt_loss(pos, neg, batch["weights"])
             accuracy = (pos > neg).float().mean()
+            if self.trainer.sanity_checking:  # the held-out pairs before training (train's validate_first)
+                size = len(pos)
+                self._initial += torch.tensor([float((pos > neg).sum()), float(loss) * size, float(size)])
+                return loss
             size, on_step = len(pos), stage == "train"  # sync_dist: means over every rank's batches
             self.log(
                 f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
@@ -193,16 +199,16 @@ def _module_class() -> Any:
         def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
             self._step(batch, "val")
 
+        def on_validation_epoch_end(self) -> None:
+            if not self.trainer.sanity_checking:
+                return
+            correct, loss, pairs = self.trainer.strategy.reduce(self._initial.to(self.device), reduce_op="sum").tolist()
+            self.initial_metrics = {"val_accuracy_initial": correct / pairs, "val_loss_initial": loss / pairs}
+
         def configure_optimizers(self) -> Any:
             return configure_adamw(self, self.options)
 
     return PPMModule
-
-
-def initial_accuracy(trainer: pl.Trainer, module: pl.LightningModule, val_loader: Any) -> dict[str, float]:
-    """``val_accuracy_initial`` and ``val_loss_initial``: the held-out pairs scored before training."""
-    result = trainer.validate(module, val_loader, verbose=False)[0]
-    return {"val_accuracy_initial": float(result["val_accuracy"]), "val_loss_initial": float(result["val_loss"])}
 
 
 def init_head(model: Any, head: str) -> None:
@@ -258,7 +264,7 @@ class PPMTrainer(LightningTrainer):
         explicit = {"num_labels": 1}  # transformers derives it from id2label; servers and readers look for it
         collator = _Collator(start.tokenizer.pad_token_id)
         items, run = (train_items, val_items), (data, init_model, out_dir)
-        self._train_and_save(module, collator, items, start, run, counts, explicit, before_fit=initial_accuracy)
+        self._train_and_save(module, collator, items, start, run, counts, explicit, validate_first=True)
 
     def _pairs(self, tokenizer: Any, records: list[dict[str, Any]]) -> tuple[list[Pair], int]:
         limit, weighting = self.options.max_length, self.options.weighting
