@@ -37,16 +37,16 @@ class FSDPStrategy(LightningFSDP):
     def _setup_model(self, model: Module) -> Module:
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        if not self._on_cpu() or any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
-            return super()._setup_model(model)
-        return FullyShardedDataParallel(
-            module=model,
-            cpu_offload=self.cpu_offload,
-            mixed_precision=self.mixed_precision_config,
-            sharding_strategy=self.sharding_strategy,
-            device_id=torch.device("cpu"),
-            **self.kwargs,
-        )
+        if self._on_cpu() and not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            model = FullyShardedDataParallel(
+                module=model,
+                cpu_offload=self.cpu_offload,
+                mixed_precision=self.mixed_precision_config,
+                sharding_strategy=self.sharding_strategy,
+                device_id=torch.device("cpu"),
+                **self.kwargs,
+            )
+        return super()._setup_model(model)  # wraps a GPU model; the rest (metrics, checkpointing) for both
 
     @contextlib.contextmanager
     def _full_state_on_cpu(self) -> Iterator[None]:
