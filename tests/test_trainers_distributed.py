@@ -141,19 +141,24 @@ def test_sft_then_ppm_with_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
         assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.ckpt"]
 
 
+def fail_in_training_step(module: Any, when: Any, message: str) -> None:
+    """Make ``module``'s training step raise ``RuntimeError(message)`` whenever ``when(batch_idx)`` is true."""
+    step = module.training_step
+
+    def failing(batch: Any, batch_idx: int) -> Any:
+        if when(batch_idx):
+            raise RuntimeError(message)
+        return step(batch, batch_idx)
+
+    module.training_step = failing
+
+
 class FailingSFT(SFTTrainer):
     """Rank 1 raises in its second training step (to test that rank 0 notices and says so)."""
 
     def _train_and_save(self, module: Any, *args: Any, **kwargs: Any) -> None:
         if os.environ.get("LOCAL_RANK") == "1":
-            step = module.training_step
-
-            def failing(batch: Any, batch_idx: int) -> Any:
-                if batch_idx == 1:
-                    raise RuntimeError("injected failure on rank 1")
-                return step(batch, batch_idx)
-
-            module.training_step = failing
+            fail_in_training_step(module, lambda batch_idx: batch_idx == 1, "injected failure on rank 1")
         super()._train_and_save(module, *args, **kwargs)
 
 
@@ -184,14 +189,7 @@ class CrashAtStep2(SFTTrainer):
     """Every rank raises once 2 optimizer steps are done (after ``checkpoint_every_n_steps: 2`` wrote last.ckpt)."""
 
     def _train_and_save(self, module: Any, *args: Any, **kwargs: Any) -> None:
-        step = module.training_step
-
-        def crashing(batch: Any, batch_idx: int) -> Any:
-            if module.trainer.global_step == 2:
-                raise RuntimeError("injected crash after step 2")
-            return step(batch, batch_idx)
-
-        module.training_step = crashing
+        fail_in_training_step(module, lambda _: module.trainer.global_step == 2, "injected crash after step 2")
         super()._train_and_save(module, *args, **kwargs)
 
 

@@ -495,6 +495,7 @@ def train(
         if options.logger == "csv"
         else TensorBoardLogger(str(out_dir / "logs"), name="", version="")
     )
+    resume = last.is_file()
     saver = ModelCheckpoint(
         dirpath=str(checkpoints), save_last=True, save_top_k=0, every_n_train_steps=options.checkpoint_every_n_steps
     )
@@ -513,11 +514,10 @@ def train(
         default_root_dir=str(out_dir),
         enable_progress_bar=True,
         enable_model_summary=False,
-        num_sanity_val_steps=-1 if validate_first and val_loader is not None and not last.is_file() else 0,
+        num_sanity_val_steps=-1 if validate_first and val_loader is not None and not resume else 0,
         limit_val_batches=1.0 if val_loader is not None else 0,
     )
     metrics: dict[str, Any] = {}
-    resume = last.is_file()
     if resume:
         import torch
 
