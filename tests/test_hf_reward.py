@@ -158,6 +158,38 @@ def test_pad_token_falls_back_to_eos():
     assert config.pad_token_id == 7
 
 
+def test_a_shared_prefix_runs_once_and_scores_as_without(ppm_dir: Path, raw_model: HFRewardModel):
+    shared = HFRewardModel(HFRewardOptions(model=str(ppm_dir), device="cpu", transform="identity"))
+    assert shared.share_prefix and not HFRewardOptions(model="m", share_prefix=False).share_prefix
+    plain = HFRewardModel(HFRewardOptions(model=str(ppm_dir), device="cpu", transform="identity", share_prefix=False))
+    few_shot = "Question: what is 2 + 3?\nx = 2 + 3\nprint(x)<end_of_code>\n5\n"  # the prompt all texts share
+    steps = ["x = 12 * 7<end_of_step>", "x = 12 + 7<end_of_step>", "y = 3<end_of_step>\nprint(y)<end_of_code>"]
+    first = [few_shot + "Question: 12 times 7?\n" + s for s in steps]
+    second = [few_shot + "Question: 12 plus 7?\n" + s for s in steps]
+    ids = shared.token_ids(first + second)
+    assert min(len(i) for i in ids) > 32 and max(len(i) for i in ids) <= shared.max_length  # nothing cut
+    seen: list[int] = []
+    shared.base.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["input_ids"].numel()), with_kwargs=True)
+    scores = shared.raw_scores(first) + shared.raw_scores(second)
+    assert scores == pytest.approx(plain.raw_scores(first + second), abs=1e-5)
+    assert scores == pytest.approx([plain.raw_scores([t])[0] for t in first + second], abs=1e-5)
+    # first call: its common prefix once, then each row's own tokens; the second call finds the few-shot
+    # part in the prefix cache and runs only the rest of its common prefix (the question)
+    common = [_common_length(ids[:3]), _common_length(ids[3:])]
+    known = _common_length([ids[0], ids[3]])
+    padded = [3 * max(len(i) - common[0] for i in ids[:3]), 3 * max(len(i) - common[1] for i in ids[3:])]
+    assert known >= 32
+    assert seen == [common[0], padded[0], common[1] - known, padded[1]]
+    assert sum(seen) < 0.6 * sum(len(i) for i in ids)  # tokens run, against 1.0 without sharing
+
+
+def _common_length(rows: list[list[int]]) -> int:
+    n = 0
+    while all(len(r) > n and r[n] == rows[0][n] for r in rows):
+        n += 1
+    return min(n, min(len(r) for r in rows) - 1)
+
+
 # --- transforms ---------------------------------------------------------------------------------------
 
 

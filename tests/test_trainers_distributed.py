@@ -21,6 +21,8 @@ pytest.importorskip("lightning")
 pytest.importorskip("peft")
 pytest.importorskip("torch")
 
+from rstar_lightning import _prefix
+from rstar_lightning._common import load_tokenizer
 from rstar_lightning.sft import SFTTrainer
 
 from rstar.testing.models import build_tiny_llama
@@ -207,6 +209,17 @@ def assert_same_weights(a: dict[str, Any], b: dict[str, Any]) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
 
+def shared_prefix(model: Path, data: Path) -> int:
+    """The shared prefix of the first two SFT examples of ``data`` (all of them fit ``TRAIN``'s max_length)."""
+    from rstar_lightning import sft
+
+    tok = load_tokenizer(str(model), sft.SFTOptions())
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    examples = [sft.make_example(tok, r["prompt"], r["response"]) for r in rows]
+    assert max(len(ids) for ids, _ in examples) <= TRAIN["max_length"]
+    return _prefix.shared_length(**sft.collate(examples[:2], tok.pad_token_id))
+
+
 @pytest.mark.slow
 @needs_proc
 def test_fsdp_on_two_cpu_processes_matches_ddp_and_resumes(tmp_path: Path) -> None:
@@ -221,17 +234,20 @@ def test_fsdp_on_two_cpu_processes_matches_ddp_and_resumes(tmp_path: Path) -> No
     import torch
 
     tiny = build_tiny_llama(tmp_path / "tiny")
+    # every text starts with the same few-shot part (42 tokens): both strategies run it once per batch
+    few_shot = "Q: 2 + 2?\nx = 2 + 2\nprint(x)<end_of_step>\nQ: 1 + 5?\nx = 1 + 5\n"
     sft_data = write_jsonl(
         tmp_path / "sft.jsonl",
-        [{"prompt": f"Q: {i} + {i}?\n", "response": f"x = {i} + {i}\nprint(x)<end_of_step>"} for i in range(8)],
+        [{"prompt": f"{few_shot}Q: {i} + {i}?\n", "response": f"x = {i} + {i}<end_of_step>"} for i in range(8)],
     )
     pair_data = write_jsonl(
         tmp_path / "pairs.jsonl",
         [
-            {"prompt": f"Q: {i} * 3?\n", "pos": f"x = {i} * 3<end_of_step>", "neg": f"x = {i} + 3<end_of_step>"}
+            {"prompt": f"{few_shot}Q: {i} * 3?\n", "pos": f"x = {i} * 3<end_of_step>", "neg": f"x = {i}<end_of_step>"}
             for i in range(8)
         ],
     )
+    assert shared_prefix(tiny, sft_data) >= _prefix.MIN_SHARED_PREFIX
     recipe = write_recipe(tmp_path)
     sft = ["train", "sft", str(recipe), "--data", str(sft_data), "--init", str(tiny)]
 

@@ -10,6 +10,12 @@ candidate step's terminator.
   attention mask; the head is applied to each row's last real token, read by this module (not by
   transformers' pad-token search, which is ambiguous when the pad token is also EOS). A row's score
   does not depend on what else is in its batch (up to floating-point rounding).
+* Shared prefixes: the tokens all texts of a batch start with (the few-shot prompt, the question,
+  the steps so far: at least :data:`MIN_SHARED_PREFIX`) are run once, with a batch of one, and the
+  rows continue from their keys and values; the last few prefixes are kept across calls
+  (`rstar_hf._kv.PrefixCache`), so the few-shot part of a search's prompts is computed once per run.
+  A row's score is the same as without sharing, up to floating-point rounding (``share_prefix: false``
+  turns it off).
 * Long texts keep their END (left truncation, after a leading BOS): the step being judged is never
   cut, unlike the original, which dropped the newest step (ALGORITHM.md section 10, bug 9).
 * The raw score goes through a `rstar.reward.ScoreTransform`: the checkpoint's own (``config.json``
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -40,9 +47,14 @@ from rstar_hf._loading import describe, prepare
 if TYPE_CHECKING:
     import torch
 
+    from rstar_hf._kv import KV, PrefixCache
+
 log = logging.getLogger(__name__)
 
 TransformChoice = Literal["auto", "identity", "tanh"]
+
+MIN_SHARED_PREFIX = 32
+"""Texts of a batch that share at least this many leading tokens run them once."""
 
 
 class HFRewardOptions(Options):
@@ -81,6 +93,11 @@ class HFRewardOptions(Options):
         "'identity', or 'tanh' (tanh(raw / scale))",
     )
     scale: float = Field(1.0, gt=0, description="the tanh scale, used when transform is not 'auto'")
+    share_prefix: bool = Field(
+        True,
+        description="run the leading tokens a batch's texts share once, and keep recent prefixes' keys and "
+        "values across calls (the few-shot part of a search's prompts); scores are unchanged up to rounding",
+    )
     head_seed: int = Field(
         0, description="seed of the head drawn for a checkpoint without a trained head (scores are then noise)"
     )
@@ -135,6 +152,13 @@ class HFRewardModel:
         self.transform = choose_transform(options.transform, options.scale, stored)
         self._lock = threading.Lock()
         self._closed = False
+        from rstar_hf import _kv  # imports torch
+
+        self.prefix_cache: PrefixCache = _kv.PrefixCache()
+        self.share_prefix = options.share_prefix and _kv.supports_layers(_new_cache(self.model.config))
+        params = inspect.signature(self.base.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.min_shared_prefix = MIN_SHARED_PREFIX
 
     # --- scoring -------------------------------------------------------------------------------
 
@@ -189,26 +213,63 @@ class HFRewardModel:
     def _forward(self, rows: list[list[int]]) -> list[float]:
         import torch
 
-        width = max(len(r) for r in rows)
+        from rstar_hf import _kv
+
+        shared = 0
+        if self.share_prefix:
+            shortest = min(len(r) for r in rows)
+            shared = min((_kv.common_prefix_length(rows[0], r) for r in rows[1:]), default=shortest)
+            shared = min(shared, shortest - 1)  # every row keeps a token of its own: the one scored
+            if shared < self.min_shared_prefix:
+                shared = 0
+        rests = [r[shared:] for r in rows]
+        width = max(len(r) for r in rests)
         input_ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, row in enumerate(rows):
-            input_ids[k, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[k, : len(row)] = 1
-        last = torch.tensor([len(r) - 1 for r in rows], device=self.device)
+        mask = torch.zeros((len(rows), width + shared), dtype=torch.long)
+        for k, rest in enumerate(rests):
+            input_ids[k, : len(rest)] = torch.tensor(rest, dtype=torch.long)
+            mask[k, : shared + len(rest)] = 1
+        last = torch.tensor([len(r) - 1 for r in rests], device=self.device)
         with torch.inference_mode():
+            kwargs: dict[str, Any] = {"use_cache": False}
+            if shared:
+                cache = _new_cache(self.model.config)
+                _kv.fill(cache, self._prefix_kv(tuple(rows[0][:shared])), len(rows))
+                positions = torch.arange(shared, shared + width, device=self.device)[None].expand(len(rows), -1)
+                kwargs = {self._cache_kw: cache, "use_cache": True, "position_ids": positions}
             hidden = self.base(
-                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
             ).last_hidden_state
             picked = hidden[torch.arange(len(rows), device=self.device), last]
             values = self.head(picked)[:, 0].float().cpu().tolist()
         return [float(v) for v in values]
+
+    def _prefix_kv(self, tokens: tuple[int, ...]) -> KV:
+        """Keys and values (batch of one) of a shared prefix: from the prefix cache, extended as needed."""
+        import torch
+
+        from rstar_hf import _kv
+
+        known, kv = self.prefix_cache.lookup(tokens)
+        if kv is not None and known == len(tokens):
+            return kv
+        cache = _new_cache(self.model.config)
+        if kv is not None:
+            _kv.fill(cache, kv, 1)
+        ids = torch.tensor([tokens[known:]], dtype=torch.long, device=self.device)
+        positions = torch.arange(known, len(tokens), device=self.device)[None]
+        mask = torch.ones((1, len(tokens)), dtype=torch.long, device=self.device)
+        self.base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_kw: cache})
+        kv = _kv.layer_kv(cache)
+        self.prefix_cache.put(tokens, kv)
+        return kv
 
     def close(self) -> None:
         """Release the model (and cached GPU memory)."""
         with self._lock:
             self._closed = True
             self.model = self.base = self.head = None
+            self.prefix_cache.clear()
         gc.collect()
         import torch
 
@@ -246,6 +307,15 @@ def _load_model(source: str, gguf: str | None, dtype: torch.dtype, trust_remote_
     except (OSError, ValueError) as exc:
         raise RstarError(f"hf reward model: cannot load the model from {describe(source, gguf)}: {exc}") from exc
     return model, set(info.get("missing_keys") or ())
+
+
+def _new_cache(config: Any) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # older transformers: no per-layer construction
+        return DynamicCache()
 
 
 def _seed_head(head: Any, seed: int, std: float) -> None:

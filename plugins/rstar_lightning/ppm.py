@@ -35,6 +35,7 @@ from pydantic import Field
 
 from rstar.errors import RstarError
 from rstar.reward import CONFIG_KEY, ScoreTransform
+from rstar_lightning import _prefix
 from rstar_lightning._common import (
     LightningTrainer,
     TrainOptions,
@@ -171,7 +172,8 @@ def _module_class() -> Any:
             self._initial = torch.zeros(3)  # correct pairs, loss x pairs, pairs: the sanity pass before training
 
         def scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            texts = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            out = _prefix.forward(self.model, **texts) if self.options.share_prefix else self.model(**texts)
             raw = out.logits[:, 0].float()
             if self.options.transform_in_training and self.transform.transform == "tanh":
                 raw = (raw / self.transform.scale).tanh()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from rstar.errors import RstarError
+from rstar_lightning import _prefix
 from rstar_lightning._common import (
     IGNORE_INDEX,
     LightningTrainer,
@@ -96,14 +97,18 @@ def _module_class() -> Any:
             self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be on
             self.options = options
 
+        def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = _prefix.forward(self.model, **batch) if self.options.share_prefix else self.model(**batch)
+            return out.loss  # type: ignore[no-any-return]
+
         def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            loss: torch.Tensor = self.model(**batch).loss
+            loss = self.loss(batch)
             size = len(batch["labels"])  # sync_dist: the epoch's loss is the mean over every rank's batches
             self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
             return loss
 
         def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-            loss = self.model(**batch).loss
+            loss = self.loss(batch)
             self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(batch["labels"]))
 
         def configure_optimizers(self) -> Any:
