@@ -129,3 +129,21 @@ def test_gradient_checkpointing_runs_the_plain_pass(tiny: Path) -> None:
     model.config.use_cache = False  # as the trainers' adapt() sets it
     model.train()
     assert _prefix.forward(model, **batch).logits.shape[1] == batch["input_ids"].shape[1]
+
+
+def test_a_sliding_window_model_runs_the_plain_pass() -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        sliding_window=8,  # its cache keeps only a window of keys: the prefix could not be shared whole
+    )
+    model = MistralForCausalLM(config)
+    ids = torch.cat([torch.full((2, 40), 5), torch.tensor([[1, 2], [3, 4]])], dim=1)
+    out = _prefix.forward(model, input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert out.logits.shape[1] == ids.shape[1]

@@ -10,8 +10,9 @@ positions instead of one per row.
 
 A prefix is shared when it is at least :data:`MIN_SHARED_PREFIX` tokens long, every row keeps at
 least one token of its own (the one a PPM score is read at), and no label falls inside it (the SFT
-loss starts after it). Models without transformers' per-layer cache, and gradient checkpointing
-(where transformers turns the cache off), run the plain single pass.
+loss starts after it). Models whose cache is not transformers' plain per-layer ``DynamicLayer``
+(sliding windows, hybrid caches), and gradient checkpointing (where transformers turns the cache
+off), run the plain single pass.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 MIN_SHARED_PREFIX = 32
 """Fewer shared leading tokens than this run as a plain batch."""
+
+_SUITED = "_rstar_shared_prefix_suited"
+"""Attribute remembering, per model, whether its cache suits sharing (:func:`_suited`)."""
 
 
 def shared_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None) -> int:
@@ -57,13 +61,13 @@ def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *
     """
     labels = kwargs.get("labels")
     shared = shared_length(input_ids, attention_mask, labels)
-    if not shared or getattr(model.config, "use_cache", True) is False:
+    if not shared or getattr(model.config, "use_cache", True) is False or not _suited(model):
         return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     body = backbone(model)
     cache_kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
     head = body(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared], use_cache=True)
     cache = getattr(head, "cache", None) or getattr(head, "past_key_values", None)
-    if cache is None or not getattr(cache, "layers", None):  # no per-layer cache: the plain pass
+    if not _plain_layers(cache):  # not what the config promised: the plain pass
         return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     rows = input_ids.shape[0]
     for layer in cache.layers:  # one copy for every row: a view; attention concatenates each row's own keys
@@ -73,6 +77,28 @@ def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *
         kwargs["labels"] = labels[:, shared:]
     kwargs[cache_kw] = cache
     return model(input_ids=input_ids[:, shared:], attention_mask=attention_mask, use_cache=True, **kwargs)
+
+
+def _suited(model: Any) -> bool:
+    """Whether the cache ``model``'s config makes is all plain layers (asked once per model)."""
+    suited = getattr(model, _SUITED, None)
+    if suited is None:
+        from transformers import DynamicCache
+
+        try:
+            suited = _plain_layers(DynamicCache(config=model.config))
+        except TypeError:  # older transformers: no per-layer construction
+            suited = False
+        setattr(model, _SUITED, suited)
+    return bool(suited)
+
+
+def _plain_layers(cache: Any) -> bool:
+    """Whether ``cache`` keeps every layer's keys and values whole (transformers' ``DynamicLayer``)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 __all__ = ["MIN_SHARED_PREFIX", "backbone", "forward", "shared_length"]
