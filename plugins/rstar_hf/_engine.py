@@ -4,8 +4,8 @@ One call of :meth:`Engine.run` turns requests into rows (one per sample), sorts 
 length, and decodes them in groups of at most ``max_batch_rows`` rows:
 
 1. prefill: the prefix that all distinct prompts of the group share (at least
-   :data:`MIN_SHARED_PREFIX` tokens: the few-shot part of a tree search's prompts) is computed once,
-   with a batch of one, or taken from the :class:`~rstar_hf._kv.PrefixCache` of earlier calls; the
+   :data:`~rstar_hf._kv.MIN_SHARED_PREFIX` tokens: the few-shot part of a tree search's prompts) is
+   computed once, with a batch of one, or taken from the :class:`~rstar_hf._kv.PrefixCache` of earlier calls; the
    rest of each distinct prompt is prefilled after it (left padding, position ids from the mask,
    logits of the last position only);
 2. the KV cache of each distinct prompt is copied to its ``n`` rows, into buffers with room to grow;
@@ -52,8 +52,6 @@ UNIFORM_CHUNK = 64
 """Uniforms are drawn in chunks of this size, so a row's first k draws do not depend on max_tokens."""
 PREFILL_TOKENS = 16384
 """Most (padded) prompt tokens of one prefill forward pass; more distinct prompts are prefilled in parts."""
-MIN_SHARED_PREFIX = 32
-"""Prompts of a batch that share at least this many leading tokens compute them once."""
 GROW_STEP = 256
 """Decoding positions the KV cache reserves at a time."""
 
@@ -156,7 +154,7 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.max_context: int | None = getattr(model.config, "max_position_embeddings", None)
         params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = _kv.cache_keyword(model.forward)
         self._logits_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         pad = tokenizer.pad_token_id
         if pad is None:
@@ -174,7 +172,7 @@ class Engine:
         # where reading every row's copy of the prefix bounds decoding speed; not on GPUs, where the split
         # attention's many small kernels cost more than the memory traffic they save.
         self.shared_attention = self.shared_attention_supported and device.type == "cpu"
-        self.min_shared_prefix = MIN_SHARED_PREFIX
+        self.min_shared_prefix = _kv.MIN_SHARED_PREFIX
         self.prefill_tokens = PREFILL_TOKENS
         self.grow_step = GROW_STEP
         self.prefix_cache = _kv.PrefixCache()
@@ -290,12 +288,7 @@ class Engine:
         return logits
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        try:
-            return DynamicCache(config=self.model.config)
-        except TypeError:  # older transformers: no per-layer construction
-            return DynamicCache()
+        return _kv.new_cache(self.model.config)
 
     def _prefix_kv(self, tokens: tuple[int, ...]) -> Any:
         """Keys and values of a shared prompt prefix (batch of one), from the prefix cache or computed."""
@@ -333,11 +326,7 @@ class Engine:
         """
         shared = 0
         if self._layers_api:
-            shortest = min(len(p) for p in prompts)
-            shared = min((_kv.common_prefix_length(prompts[0], p) for p in prompts[1:]), default=shortest)
-            shared = min(shared, shortest - 1)
-            if shared < self.min_shared_prefix:
-                shared = 0
+            shared = _kv.shared_length(prompts, self.min_shared_prefix)
         prefix_kv = self._prefix_kv(prompts[0][:shared]) if shared else None
         rests = [p[shared:] for p in prompts]
         width = max(len(r) for r in rests)

@@ -13,6 +13,7 @@ engine falls back to ``DynamicCache`` as is otherwise.
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,24 @@ from transformers.cache_utils import DynamicLayer
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 """Keys and values per layer, each ``[batch, kv_heads, positions, head_dim]``."""
+
+MIN_SHARED_PREFIX = 32
+"""Rows that share at least this many leading tokens compute them once (fewer: not worth a second pass)."""
+
+
+def new_cache(config: Any) -> Any:
+    """An empty ``DynamicCache`` laid out for ``config`` (sliding-window layers where the model has them)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # older transformers: no per-layer construction
+        return DynamicCache()
+
+
+def cache_keyword(forward: Any) -> str:
+    """The name under which ``forward`` takes a cache: ``cache`` (transformers 5), else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def supports_layers(cache: Any) -> bool:
@@ -159,6 +178,14 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
         else:
             hi = mid
     return lo
+
+
+def shared_length(rows: Sequence[Sequence[int]], minimum: int = MIN_SHARED_PREFIX) -> int:
+    """Leading tokens all ``rows`` share, leaving each row at least one of its own; 0 when under ``minimum``."""
+    shortest = min(len(r) for r in rows)
+    shared = min((common_prefix_length(rows[0], r) for r in rows[1:]), default=shortest)
+    shared = min(shared, shortest - 1)
+    return shared if shared >= minimum else 0
 
 
 class PrefixCache:

@@ -11,7 +11,7 @@ candidate step's terminator.
   transformers' pad-token search, which is ambiguous when the pad token is also EOS). A row's score
   does not depend on what else is in its batch (up to floating-point rounding).
 * Shared prefixes: the tokens all texts of a batch start with (the few-shot prompt, the question,
-  the steps so far: at least :data:`MIN_SHARED_PREFIX`) are run once, with a batch of one, and the
+  the steps so far: at least :data:`rstar_hf._kv.MIN_SHARED_PREFIX`) are run once, with a batch of one, and the
   rows continue from their keys and values; the last few prefixes are kept across calls
   (`rstar_hf._kv.PrefixCache`), so the few-shot part of a search's prompts is computed once per run.
   A row's score is the same as without sharing, up to floating-point rounding (``share_prefix: false``
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -52,9 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TransformChoice = Literal["auto", "identity", "tanh"]
-
-MIN_SHARED_PREFIX = 32
-"""Texts of a batch that share at least this many leading tokens run them once."""
 
 
 class HFRewardOptions(Options):
@@ -155,10 +151,8 @@ class HFRewardModel:
         from rstar_hf import _kv  # imports torch
 
         self.prefix_cache: PrefixCache = _kv.PrefixCache()
-        self.share_prefix = options.share_prefix and _kv.supports_layers(_new_cache(self.model.config))
-        params = inspect.signature(self.base.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self.min_shared_prefix = MIN_SHARED_PREFIX
+        self.share_prefix = options.share_prefix and _kv.supports_layers(_kv.new_cache(self.model.config))
+        self._cache_kw = _kv.cache_keyword(self.base.forward)
 
     # --- scoring -------------------------------------------------------------------------------
 
@@ -215,13 +209,7 @@ class HFRewardModel:
 
         from rstar_hf import _kv
 
-        shared = 0
-        if self.share_prefix:
-            shortest = min(len(r) for r in rows)
-            shared = min((_kv.common_prefix_length(rows[0], r) for r in rows[1:]), default=shortest)
-            shared = min(shared, shortest - 1)  # every row keeps a token of its own: the one scored
-            if shared < self.min_shared_prefix:
-                shared = 0
+        shared = _kv.shared_length(rows) if self.share_prefix else 0  # each row keeps its last token, the one scored
         rests = [r[shared:] for r in rows]
         width = max(len(r) for r in rests)
         input_ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
@@ -232,11 +220,10 @@ class HFRewardModel:
         last = torch.tensor([len(r) - 1 for r in rests], device=self.device)
         with torch.inference_mode():
             kwargs: dict[str, Any] = {"use_cache": False}
-            if shared:
-                cache = _new_cache(self.model.config)
+            if shared:  # right padding: the positions after the cached prefix are the ones transformers counts
+                cache = _kv.new_cache(self.model.config)
                 _kv.fill(cache, self._prefix_kv(tuple(rows[0][:shared])), len(rows))
-                positions = torch.arange(shared, shared + width, device=self.device)[None].expand(len(rows), -1)
-                kwargs = {self._cache_kw: cache, "use_cache": True, "position_ids": positions}
+                kwargs = {self._cache_kw: cache, "use_cache": True}
             hidden = self.base(
                 input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
             ).last_hidden_state
@@ -253,13 +240,12 @@ class HFRewardModel:
         known, kv = self.prefix_cache.lookup(tokens)
         if kv is not None and known == len(tokens):
             return kv
-        cache = _new_cache(self.model.config)
+        cache = _kv.new_cache(self.model.config)
         if kv is not None:
             _kv.fill(cache, kv, 1)
         ids = torch.tensor([tokens[known:]], dtype=torch.long, device=self.device)
-        positions = torch.arange(known, len(tokens), device=self.device)[None]
         mask = torch.ones((1, len(tokens)), dtype=torch.long, device=self.device)
-        self.base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_kw: cache})
+        self.base(input_ids=ids, attention_mask=mask, use_cache=True, **{self._cache_kw: cache})
         kv = _kv.layer_kv(cache)
         self.prefix_cache.put(tokens, kv)
         return kv
@@ -307,15 +293,6 @@ def _load_model(source: str, gguf: str | None, dtype: torch.dtype, trust_remote_
     except (OSError, ValueError) as exc:
         raise RstarError(f"hf reward model: cannot load the model from {describe(source, gguf)}: {exc}") from exc
     return model, set(info.get("missing_keys") or ())
-
-
-def _new_cache(config: Any) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=config)
-    except TypeError:  # older transformers: no per-layer construction
-        return DynamicCache()
 
 
 def _seed_head(head: Any, seed: int, std: float) -> None:

@@ -12,12 +12,11 @@ A prefix is shared when it is at least :data:`MIN_SHARED_PREFIX` tokens long, ev
 least one token of its own (the one a PPM score is read at), and no label falls inside it (the SFT
 loss starts after it). Models whose cache is not transformers' plain per-layer ``DynamicLayer``
 (sliding windows, hybrid caches), and gradient checkpointing (where transformers turns the cache
-off), run the plain single pass.
+off), run the plain single pass. The cache helpers are the ``hf`` engine's (`rstar_hf._kv`).
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any
 
 from rstar_lightning._common import IGNORE_INDEX
@@ -26,10 +25,10 @@ if TYPE_CHECKING:
     import torch
 
 MIN_SHARED_PREFIX = 32
-"""Fewer shared leading tokens than this run as a plain batch."""
+"""Fewer shared leading tokens than this run as a plain batch (the ``hf`` engine's threshold)."""
 
-_SUITED = "_rstar_shared_prefix_suited"
-"""Attribute remembering, per model, whether its cache suits sharing (:func:`_suited`)."""
+_CACHE_KEYWORD = "_rstar_shared_prefix_cache_keyword"
+"""Attribute remembering, per model, what :func:`_cache_keyword` found."""
 
 
 def shared_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None) -> int:
@@ -61,14 +60,11 @@ def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *
     """
     labels = kwargs.get("labels")
     shared = shared_length(input_ids, attention_mask, labels)
-    if not shared or getattr(model.config, "use_cache", True) is False or not _suited(model):
+    cache_kw = _cache_keyword(model) if shared and getattr(model.config, "use_cache", True) is not False else None
+    if cache_kw is None:
         return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    body = backbone(model)
-    cache_kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-    head = body(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared], use_cache=True)
-    cache = getattr(head, "cache", None) or getattr(head, "past_key_values", None)
-    if not _plain_layers(cache):  # not what the config promised: the plain pass
-        return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    head = backbone(model)(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared], use_cache=True)
+    cache = getattr(head, "cache", None) or head.past_key_values
     rows = input_ids.shape[0]
     for layer in cache.layers:  # one copy for every row: a view; attention concatenates each row's own keys
         layer.keys = layer.keys.expand(rows, -1, -1, -1)
@@ -79,26 +75,16 @@ def forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *
     return model(input_ids=input_ids[:, shared:], attention_mask=attention_mask, use_cache=True, **kwargs)
 
 
-def _suited(model: Any) -> bool:
-    """Whether the cache ``model``'s config makes is all plain layers (asked once per model)."""
-    suited = getattr(model, _SUITED, None)
-    if suited is None:
-        from transformers import DynamicCache
+def _cache_keyword(model: Any) -> str | None:
+    """The keyword under which ``model`` takes a cache, or None when the cache its config makes is not
+    all plain layers (asked once per model)."""
+    if not hasattr(model, _CACHE_KEYWORD):
+        from rstar_hf import _kv
 
-        try:
-            suited = _plain_layers(DynamicCache(config=model.config))
-        except TypeError:  # older transformers: no per-layer construction
-            suited = False
-        setattr(model, _SUITED, suited)
-    return bool(suited)
-
-
-def _plain_layers(cache: Any) -> bool:
-    """Whether ``cache`` keeps every layer's keys and values whole (transformers' ``DynamicLayer``)."""
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+        plain = _kv.supports_layers(_kv.new_cache(model.config))
+        setattr(model, _CACHE_KEYWORD, _kv.cache_keyword(backbone(model).forward) if plain else None)
+    found: str | None = getattr(model, _CACHE_KEYWORD)
+    return found
 
 
 __all__ = ["MIN_SHARED_PREFIX", "backbone", "forward", "shared_length"]
