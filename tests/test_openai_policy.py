@@ -190,8 +190,12 @@ def test_options_reject_unknown_keys():
 
 
 @pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
-    """Starts ``python -m llama_cpp.server`` on a free loopback port with the SmolLM2 GGUF; stops it after."""
+def llama_server(tmp_path_factory) -> Iterator[str]:
+    """Starts ``python -m llama_cpp.server`` on a free loopback port with the SmolLM2 GGUF; stops it after.
+
+    Before any test uses it, the server must complete one request: a server that dies (a build for another CPU
+    dies with SIGILL on its first completion) fails here with its exit status and the tail of its log.
+    """
     import socket
     import subprocess
     import sys
@@ -207,22 +211,66 @@ def llama_server() -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--n_ctx", "4096"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*cmd, "--n_ctx", "4096"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline:
             try:
                 if httpx.get(url + "/models", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.5)
         else:
-            pytest.fail("llama.cpp server did not start within 120 s")
+            if proc.poll() is None:
+                pytest.fail("llama.cpp server did not start within 120 s\n" + _log_tail(log_path))
+        failure = _first_completion_failure(proc, url, gguf.name)
+        if failure:
+            pytest.fail(failure + "\n" + _log_tail(log_path))
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _first_completion_failure(proc, url: str, model: str) -> str:
+    """'' when the server completes one short request; else why not, naming a crash's signal."""
+    import signal
+
+    import httpx
+
+    error = ""
+    if proc.poll() is None:
+        try:
+            body = {"model": model, "prompt": "1 + 1 =", "max_tokens": 2, "temperature": 0}
+            response = httpx.post(url + "/completions", json=body, timeout=120)
+            if response.status_code == 200 and response.json().get("choices"):
+                return ""
+            error = f"answered HTTP {response.status_code}: {response.text[:500]}"
+        except httpx.TransportError as exc:
+            error = f"no answer ({type(exc).__name__}: {exc})"
+        try:
+            proc.wait(timeout=5)
+        except Exception:
+            return f"llama.cpp server could not complete one request: {error}"
+    code = proc.returncode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = ""
+        if -code == signal.SIGILL:
+            hint = (
+                ": its llama.cpp build uses CPU instructions this machine does not run; rebuild it without native "
+                "tuning (scripts/setup.sh dev pins the version and the flags)"
+            )
+        return f"llama.cpp server died with {name} before completing one request{hint}"
+    return f"llama.cpp server exited with status {code} before completing one request {error}".rstrip()
+
+
+def _log_tail(path) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return "server log (last 2000 characters):\n" + text[-2000:]
 
 
 @pytest.mark.integration
@@ -266,3 +314,35 @@ def test_quickstart_search_through_llama_cpp(llama_server, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     trees = [json.loads(line) for line in (tmp_path / "run" / "search" / "trees.jsonl").read_text().splitlines()]
     assert len(trees) == 2 and all(t["usage"]["generated_tokens"] > 0 for t in trees)
+
+
+FAKE_CRASHING_SERVER = """
+import http.server, os, signal, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        os.kill(os.getpid(), signal.SIGILL)  # as a llama.cpp build for another CPU does on its first completion
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def test_a_server_that_dies_on_its_first_completion_is_named_loudly():
+    # A fake server (test stand-in) that dies with SIGILL the way the native llama.cpp build did on CI's VMs.
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_CRASHING_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        message = _first_completion_failure(proc, f"http://127.0.0.1:{port}/v1", "model.gguf")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "died with SIGILL before completing one request" in message
+    assert "CPU instructions this machine does not run" in message
