@@ -11,6 +11,9 @@ repetitions, or one where a repetition takes over a second) and p50/p99 latency;
 are ratios to the naive baseline and to ``exec``. Targets (issue 3): ``subprocess`` at least 10x the
 naive baseline on sympy programs and within 5x of ``exec`` on short arithmetic; ``docker`` at least
 100 jobs/s on short arithmetic.
+
+A second table gives the latency of one small call (1, 4 and 16 short arithmetic jobs, as a search hands the
+verifier a node's children at a time): the median of 30 calls in one event loop, 10 ms apart.
 """
 
 from __future__ import annotations
@@ -108,6 +111,29 @@ def verifier(spec: dict[str, object], program: str, n: int) -> tuple[float, floa
         v.close()
 
 
+def call_latency(spec: dict[str, object], sizes: tuple[int, ...]) -> list[float]:
+    """Median milliseconds of one ``run`` call with each of ``sizes`` arithmetic jobs."""
+    v = get_registry().build("verifier", {**spec, "timeout_s": TIMEOUT_S})
+
+    async def measure() -> list[float]:
+        await v.run([CodeJob("1")] * 4)  # start the warm workers
+        medians = []
+        for size in sizes:
+            times = []
+            for _ in range(30):
+                start = time.perf_counter()
+                await v.run([CodeJob(CORPUS["arithmetic"])] * size)
+                times.append(time.perf_counter() - start)
+                await asyncio.sleep(0.01)
+            medians.append(statistics.median(times) * 1000)
+        return medians
+
+    try:
+        return asyncio.run(measure())
+    finally:
+        v.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs per cell (timeouts: a twentieth)")
@@ -158,6 +184,16 @@ def main() -> None:
             table.add_row(kind, name, f"{rate:.1f}", f"{p50 * 1000:.1f}", f"{p99 * 1000:.1f}", over_naive, under_exec)
         table.add_section()
     Console(width=120).print(table)
+
+    sizes = (1, 4, 16)
+    latency = Table(title="one call of short arithmetic jobs: median ms")
+    latency.add_column("runner")
+    for size in sizes:
+        latency.add_column(f"{size} job{'s' if size > 1 else ''}", justify="right")
+    for name, how in contenders.items():
+        if not callable(how):
+            latency.add_row(name, *(f"{ms:.2f}" for ms in call_latency(how, sizes)))  # type: ignore[arg-type]
+    Console(width=120).print(latency)
 
 
 if __name__ == "__main__":

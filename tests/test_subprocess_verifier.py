@@ -267,19 +267,21 @@ def test_a_dead_worker_is_replaced(verifier):
     assert run1(verifier, "2").output == "2\n"
 
 
-def test_isolation_none_warns_once(monkeypatch, caplog):
+def test_isolation_fails_closed_and_none_warns_once(monkeypatch, caplog):
     import rstar_sandbox.subprocess_verifier as module
 
     monkeypatch.setattr(module, "bwrap_works", lambda: False)
     monkeypatch.setattr(module, "_warned", False)
+    for asked in ("bwrap", "auto"):  # no silent fallback to rlimits only
+        with pytest.raises(RstarError, match=r"apt-get install bubblewrap.*isolation to 'none'"):
+            SubprocessVerifier(SubprocessOptions(isolation=asked))
+    assert SubprocessOptions().isolation == "bwrap"
     with caplog.at_level("WARNING"):
-        first = SubprocessVerifier(SubprocessOptions(isolation="auto"))
-        second = SubprocessVerifier(SubprocessOptions(isolation="auto"))
+        first = SubprocessVerifier(SubprocessOptions(isolation="none"))
+        second = SubprocessVerifier(SubprocessOptions(isolation="none"))
     assert first.isolation == second.isolation == "none"
     warnings = [r for r in caplog.records if "NOT a security boundary" in r.getMessage()]
     assert len(warnings) == 1
-    with pytest.raises(RstarError, match="bubblewrap"):
-        SubprocessVerifier(SubprocessOptions(isolation="bwrap"))
 
 
 def test_missing_interpreter_is_an_error():
@@ -339,9 +341,12 @@ def test_runs_from_a_thread_and_in_later_event_loops(verifier):
 
 
 def test_a_worker_that_cannot_start_is_an_error():
-    v = SubprocessVerifier(SubprocessOptions(python="false"))
+    with pytest.raises(RstarError, match=r"cannot run the interpreter '[^']*false'"):
+        SubprocessVerifier(SubprocessOptions(python="false"))
+    v = SubprocessVerifier(SubprocessOptions())
+    v._worker_source = "import sys\nsys.exit('the worker gave up')"
     try:
-        with pytest.raises(RstarError, match="failed to start"):
+        with pytest.raises(RstarError, match="failed to start: the worker gave up"):
             run1(v, "1")
     finally:
         v.close()
@@ -361,19 +366,24 @@ def test_usable_again_after_close(verifier):
     assert run1(verifier, "2").output == "2\n"
 
 
-def test_an_interpreter_under_tmp_is_bound_back_into_the_private_tmp(tmp_path):
-    from rstar_sandbox.subprocess_verifier import _bwrap_prefix, _under_tmp
+def test_the_sandbox_shows_only_the_system_and_the_interpreter(tmp_path):
+    from rstar_sandbox.subprocess_verifier import _bwrap_prefix, _outermost
 
     venv = tmp_path / "checkout" / ".venv"
     (venv / "lib").mkdir(parents=True)
-    visible = _under_tmp([str(venv), str(venv / "lib"), "/usr/lib"])
-    assert visible == [os.path.realpath(venv)]
-    args = _bwrap_prefix({}, visible)
+    binds = _outermost([str(venv), str(venv / "lib"), "/usr/lib"])
+    assert binds == sorted([os.path.realpath("/usr/lib"), os.path.realpath(venv)])
+    args = _bwrap_prefix(binds)
+    pairs = {(args[i + 1], args[i + 2]) for i, a in enumerate(args) if a == "--ro-bind"}
+    sources = {source for source, _ in pairs}
+    assert "/" not in sources and "/run" not in sources and "/home" not in sources and "/etc" not in sources
+    assert os.path.realpath(tmp_path / "checkout") not in sources  # the .venv, not the repository around it
+    # an interpreter under /tmp is bound after the private /tmp is mounted, through folders anyone may enter
     bind = args.index("--ro-bind", args.index("--tmpfs"))
-    assert args[bind : bind + 3] == ["--ro-bind", visible[0], visible[0]]
-    # the folders on the way are created passable for jobs that run as 'nobody'
-    parent = os.path.dirname(visible[0])
+    assert args[bind : bind + 3] == ["--ro-bind", str(venv.resolve()), str(venv.resolve())]
+    parent = os.path.dirname(venv.resolve())
     assert ["--perms", "0755", "--dir", parent] == args[bind - 4 : bind]
+    assert args[args.index("--tmpfs") - 4 : args.index("--tmpfs")] == ["--perms", "1777", "--size", str(256 << 20)]
 
 
 def test_removing_a_job_directory_never_changes_its_parent(tmp_path, monkeypatch):

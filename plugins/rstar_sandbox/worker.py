@@ -3,38 +3,46 @@
 The parent starts ``python -c <this file's source> CONTROL_FD CONFIG_JSON`` (inside bubblewrap when
 available; in a container, CONTROL is the path of a Unix socket to connect to). This script
 
-1. imports the modules named in the config's ``preload`` (math, fractions, sympy, numpy, ...) once,
+1. gives up every privilege before it runs anything else: started as root, it switches to the
+   unprivileged uid the config names (one of its own per worker, so that no limit or file is shared
+   with another worker), which drops every capability; it makes itself non-dumpable (its jobs, which
+   share its uid, can neither trace it nor write its memory through ``/proc/<pid>/mem``);
+2. imports the modules named in the config's ``preload`` (math, fractions, sympy, numpy) once,
    makes itself a child subreaper (orphans of its jobs become its children, so it can end them),
-   and sends ``ready`` on the control socket (a Unix ``SOCK_SEQPACKET`` socket);
-2. waits for messages on that socket: a job (a JSON header with the limits and, passed as file
+   and sends ``ready`` on the control socket (a Unix ``SOCK_SEQPACKET`` socket; every message on it
+   is framed as records of at most `RECORD_BYTES`, see `send_message`);
+3. waits for messages on that socket: a job (a JSON header with the limits and, passed as file
    descriptors, the job's stdin, stdout, stderr, verdict channel and status pipe), ``kill``, or a
-   batch of ``inline`` jobs (step 5);
-3. for each job, forks one child that starts a new session, enters a fresh temporary directory,
-   drops root (to ``nobody``) when it has it, sets its rlimits (address space on top of what the
-   worker already mapped, CPU time, file size, open files, processes, no core dumps), reseeds the
-   random generators, reads the program from stdin, writes ``ready`` to the verdict channel, runs
-   the program like a notebook cell (the value of a trailing expression is printed) and writes one
-   JSON line ``{"status": ..., "error": ...}`` to the channel;
-4. when the child exits (or on ``kill``), kills every process the job left (its whole tree), writes
+   batch of ``inline`` jobs (step 6);
+4. for each job, forks one child that starts a new session, enters a fresh temporary directory,
+   sets its rlimits (address space on top of what the worker already mapped, CPU time, file size,
+   open files, processes, no core dumps), reseeds the random generators, reads the program from
+   stdin, writes ``ready`` to the verdict channel, runs the program like a notebook cell (the value
+   of a trailing expression is printed) and writes one JSON line ``{"status": ..., "error": ...}``
+   to the channel;
+5. when the child exits (or on ``kill``), kills every process the job left (its whole tree), writes
    ``{"exit": CODE}`` (negative: killed by that signal) to the status pipe, removes the job's
-   directory and closes the status pipe: that EOF tells the parent the slot is free again.
+   directory and everything the job left in the sandbox's other writable places (``scratch`` in the
+   config: ``/tmp``, ``/dev/shm``, ``/dev/mqueue``, and its System V IPC objects), and closes the
+   status pipe: that EOF tells the parent the slot is free again.
 
-5. an ``inline`` batch holds programs to run here, in the worker itself, when they are *closed*: a
-   static check of the parsed program (`closed_program`) proves it cannot reach any state that
-   outlives it -- no imports but ``math``, ``cmath`` and ``fractions.Fraction``, no name, attribute,
-   keyword or string with an underscore prefix or ``__`` in it, no assignment to an attribute, no
-   ``eval``/``open``/``getattr``/``type``/..., no generators, ``with`` or ``match``. Such a program can
-   only compute and print; it runs in a fresh namespace with its output captured (and capped), a
-   SIGALRM deadline and a soft address-space limit, and one reply per program goes back on the control
-   socket. A program that is not closed is answered ``fork`` and the parent sends it as a forked job.
-   This saves the fork, the pipes and the temporary directory, which cost far more than a short
-   arithmetic step itself.
+6. an ``inline`` batch holds programs that may run without their own fork when they are *closed*:
+   `closed_program` accepts a program only when every syntax node, every name and every attribute
+   is on an allow-list of what arithmetic steps use (no imports but ``math``, ``cmath`` and
+   ``fractions.Fraction``; no name or attribute starting with ``_``; builtins and attributes from
+   fixed lists, so no ``format`` traversal, no frames, no ``mro``/``register``). The worker forks ONE
+   child per batch, which runs the closed programs one after the other, each in a fresh namespace
+   whose builtins hold only the allowed names, with its output captured (and capped), a SIGALRM
+   deadline and a soft address-space limit, and sends one answer per program; the worker relays
+   them. A program that is not closed is answered ``fork`` and the parent sends it as a forked job.
+   This saves a fork, five pipes and a temporary directory per program, which cost far more than a
+   short arithmetic step itself; and whatever a batch did dies with its child, so no later batch or
+   job of the worker can see it.
 
 A forked child has its own copy of everything, so nothing a job does (rebinding ``math.sqrt``,
-leaving globals) reaches the next one; an inline program cannot do either (step 5). When the
-control socket closes (the parent is gone), the worker kills its job and exits. Only the standard
-library is used; the source stays valid for Python 3.8+ because the sandbox interpreter may be
-another one than rstar's.
+leaving globals) reaches the next one. When the control socket closes (the parent is gone), the
+worker kills its job and exits. Only the standard library is used; the source stays valid for
+Python 3.8+ because the sandbox interpreter may be another one than rstar's.
 """
 
 import array
@@ -46,6 +54,7 @@ import gc
 import importlib
 import io
 import json
+import keyword
 import os
 import random
 import re
@@ -61,10 +70,17 @@ import time
 
 MAX_ERROR_CHARS = 2000
 FILENAME = "<program>"
-NOBODY = 65534
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 JOB_FDS = 5  # stdin, stdout, stderr, verdict channel, status
+RECORD_BYTES = 32 * 1024
+"""Largest record on a control socket; a message is one or more records (see `send_message`)."""
+
+
+def clean_text(text):
+    """``text`` as valid UTF-8: lone surrogates (``"\\ud800"``) become their escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def describe(exc):
@@ -77,7 +93,7 @@ def describe(exc):
     text = f"{name}: {message}" if message else name
     if len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + "..."
-    return text
+    return clean_text(text)
 
 
 class Deadline(BaseException):
@@ -88,17 +104,21 @@ class OutputLimit(BaseException):
     """Raised by an inline program's output capture once the program printed more than it may."""
 
 
-def run(source, accept=None):
+RESULT = "__rstar_result__"
+"""Where the value of a program's trailing expression is kept, to be printed after it ran."""
+
+
+def run(source, accept=None, builtins_=builtins):
     """Execute ``source`` REPL-style; return ``(status, error)``, or None when ``accept(tree)`` refuses it."""
     try:
         tree = ast.parse(source, FILENAME, "exec")
         if accept is not None and not accept(tree):
             return None
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
+        last = tree.body[-1] if tree.body else None
+        if isinstance(last, ast.Expr):  # one compilation: the trailing expression becomes an assignment
+            target = ast.copy_location(ast.Name(RESULT, ast.Store()), last.value)
+            tree.body[-1] = ast.copy_location(ast.Assign([target], last.value), last)
         body = compile(tree, FILENAME, "exec")
-        tail = compile(last, FILENAME, "eval") if last is not None else None
     except (Deadline, OutputLimit):
         raise
     except MemoryError as exc:
@@ -106,19 +126,18 @@ def run(source, accept=None):
     except BaseException as exc:  # SyntaxError, or ValueError for NUL bytes
         return "error", describe(exc)
 
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    namespace = {"__name__": "__main__", "__builtins__": builtins_}
     try:
         exec(body, namespace)
-        if tail is not None:
-            value = eval(tail, namespace)
-            if value is not None:
-                print(str(value))
+        value = namespace.get(RESULT) if isinstance(last, ast.Expr) else None
+        if value is not None:
+            print(str(value))
     except (Deadline, OutputLimit):
         raise
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
             return "ok", ""
-        return "error", f"SystemExit: {exc.code}"
+        return "error", clean_text(f"SystemExit: {exc.code}")
     except MemoryError as exc:
         return "memory", describe(exc)
     except BaseException as exc:
@@ -128,43 +147,119 @@ def run(source, accept=None):
     return "ok", ""
 
 
-# --- inline programs (step 5 of the module docstring) ----------------------------------------------
+# --- framing on the control socket ------------------------------------------------------------------
+
+
+def send_message(sock, data, fds=None):
+    """Send ``data`` as records of at most `RECORD_BYTES`: each is ``b"+"`` (more follow) or ``b"."`` (the
+    last) and a piece of ``data``. A socket's send buffer is smaller than the largest batch or answer, and a
+    ``SOCK_SEQPACKET`` record must fit in it whole. File descriptors ride on the first record."""
+    size = RECORD_BYTES - 1
+    pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    for n, piece in enumerate(pieces):
+        record = (b"." if n == len(pieces) - 1 else b"+") + piece
+        if n == 0 and fds:
+            sock.sendmsg([record], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        else:
+            sock.sendall(record)
+
+
+def receive_message(sock):
+    """One message sent by `send_message`: ``(data, fds)``, or ``(None, fds)`` when the socket closed."""
+    parts = []
+    fds = array.array("i")
+    while True:
+        data, ancillary, flags, _ = sock.recvmsg(RECORD_BYTES, socket.CMSG_SPACE(JOB_FDS * fds.itemsize))
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+        if not data or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or data[:1] not in (b"+", b"."):
+            return None, list(fds)
+        parts.append(data[1:])
+        if data[:1] == b".":
+            return b"".join(parts), list(fds)
+
+
+# --- inline programs (step 6 of the module docstring) ----------------------------------------------
 
 INLINE_IMPORTS = {"math": None, "cmath": None, "fractions": {"Fraction"}}
 """Modules an inline program may import: None = the whole module (it holds no modules and no mutable
 state), a set = only these names with ``from``."""
-SHARED_STATE_NAMES = frozenset(
+SAFE_BUILTINS = frozenset(
     [
-        *("eval", "exec", "compile", "open", "input", "breakpoint", "help", "exit", "quit", "globals", "locals"),
-        *("vars", "getattr", "setattr", "delattr", "type", "memoryview", "copyright", "credits", "license"),
+        *("abs", "all", "any", "bin", "bool", "chr", "complex", "dict", "divmod", "enumerate", "filter", "float"),
+        *("format", "frozenset", "hex", "int", "isinstance", "iter", "len", "list", "map", "max", "min", "next"),
+        *("oct", "ord", "pow", "print", "range", "repr", "reversed", "round", "set", "slice", "sorted", "str"),
+        *("sum", "tuple", "zip", "True", "False", "None", "Ellipsis", "NotImplemented"),
+        *("ArithmeticError", "AssertionError", "Exception", "IndexError", "KeyError", "LookupError"),
+        *("NotImplementedError", "OverflowError", "RecursionError", "RuntimeError", "StopIteration"),
+        *("TypeError", "ValueError", "ZeroDivisionError", "SystemExit"),
     ]
 )
-"""Builtins that reach or change state beyond the program's own objects (or read files, or stop the worker)."""
-_REFUSED_NODES = tuple(
+"""The builtins an inline program may name (and the only ones its namespace holds). ``format(value, spec)``
+reads a format spec, never a field name: the traversal of ``str.format`` needs the ``format`` attribute."""
+SAFE_ATTRIBUTES = frozenset(
+    [
+        # numbers, Fraction
+        *("real", "imag", "conjugate", "numerator", "denominator", "limit_denominator", "as_integer_ratio"),
+        *("is_integer", "bit_length", "bit_count", "from_float", "from_decimal", "hex", "fromhex"),
+        # lists, dicts, sets, tuples
+        *("append", "extend", "insert", "pop", "remove", "index", "count", "sort", "reverse", "copy", "clear"),
+        *("keys", "values", "items", "get", "update", "setdefault", "popitem", "add", "discard", "union"),
+        *("intersection", "difference", "symmetric_difference", "issubset", "issuperset", "isdisjoint"),
+        *("intersection_update", "difference_update", "symmetric_difference_update", "args"),
+        # strings
+        *("join", "split", "rsplit", "splitlines", "strip", "lstrip", "rstrip", "replace", "lower", "upper"),
+        *("title", "capitalize", "swapcase", "startswith", "endswith", "find", "rfind", "rindex", "isdigit"),
+        *("isalpha", "isalnum", "isnumeric", "isdecimal", "isspace", "islower", "isupper", "zfill", "center"),
+        *("ljust", "rjust", "partition", "rpartition", "casefold", "removeprefix", "removesuffix", "expandtabs"),
+    ]
+    + [name for module in ("math", "cmath") for name in dir(importlib.import_module(module)) if name[:1] != "_"]
+)
+"""Attribute names an inline program may read, on any object: methods of numbers, containers and strings,
+and the functions and constants of ``math`` and ``cmath``. None of them leads to a frame, a class's
+registry, a module, a code object or a format field."""
+BUILTIN_NAMES = frozenset(dir(builtins))
+ALLOWED_NODES = frozenset(
     getattr(ast, name)
-    for name in ("Yield", "YieldFrom", "Await", "AsyncFunctionDef", "AsyncFor", "AsyncWith", "With", "Match")
+    for name in (
+        *("Module", "Expr", "Assign", "AugAssign", "AnnAssign", "For", "While", "If", "Break", "Continue"),
+        *("Pass", "FunctionDef", "Lambda", "Return", "arguments", "arg", "keyword", "Call", "Name", "Load"),
+        *("Store", "Del", "Delete", "Constant", "BinOp", "UnaryOp", "BoolOp", "Compare", "IfExp", "Tuple"),
+        *("List", "Set", "Dict", "ListComp", "SetComp", "DictComp", "GeneratorExp", "comprehension"),
+        *("Subscript", "Slice", "Starred", "JoinedStr", "FormattedValue", "Assert", "Raise", "Try"),
+        *("ExceptHandler", "Import", "ImportFrom", "alias", "Attribute", "NamedExpr", "Index"),
+        # operators
+        *("Add", "Sub", "Mult", "Div", "FloorDiv", "Mod", "Pow", "LShift", "RShift", "BitOr", "BitXor"),
+        *("BitAnd", "MatMult", "UAdd", "USub", "Not", "Invert", "And", "Or", "Eq", "NotEq", "Lt", "LtE"),
+        *("Gt", "GtE", "Is", "IsNot", "In", "NotIn"),
+    )
     if hasattr(ast, name)
 )
-RETIRE_GROWTH_BYTES = 256 * 1024 * 1024
-"""A worker whose peak resident memory grew by this much since it started asks to be replaced."""
+"""Syntax an inline program may use: no class, generator function, ``with``, ``async``, ``match``,
+``global``/``nonlocal``."""
+
+
+def allowed_name(name):
+    """A name an inline program may bind or read: not private, and not a builtin outside `SAFE_BUILTINS`."""
+    return name[:1] != "_" and (name in SAFE_BUILTINS or name not in BUILTIN_NAMES)
 
 
 def closed_program(tree):
-    """Whether a parsed program provably touches nothing that outlives it (so it may run inline).
+    """Whether a parsed program may run inline: every node, name and attribute is on an allow-list.
 
     Conservative: a program refused here is simply forked, as every program was before.
     """
     for node in ast.walk(tree):
         kind = type(node)
+        if kind not in ALLOWED_NODES:
+            return False
         if kind is ast.Name:
-            if node.id.startswith("_") or node.id in SHARED_STATE_NAMES:
+            if not allowed_name(node.id):
                 return False
         elif kind is ast.Attribute:
-            if node.attr.startswith("_") or not isinstance(node.ctx, ast.Load):
+            if node.attr not in SAFE_ATTRIBUTES or type(node.ctx) is not ast.Load:
                 return False
-        elif kind is ast.Constant:
-            if isinstance(node.value, str) and "__" in node.value:
-                return False  # e.g. no "{0.__class__}" format field
         elif kind is ast.Import:
             if any(alias.name not in INLINE_IMPORTS or INLINE_IMPORTS[alias.name] is not None for alias in node.names):
                 return False
@@ -174,21 +269,27 @@ def closed_program(tree):
                 return False
             if allowed is not None and any(alias.name not in allowed for alias in node.names):
                 return False
-        elif kind in (ast.FunctionDef, ast.ClassDef):
-            if node.name.startswith("_"):
-                return False
-        elif kind is ast.arg or kind is ast.keyword:
-            if node.arg is not None and node.arg.startswith("_"):
-                return False
         elif kind is ast.alias:
-            if (node.asname or "").startswith("_"):
+            if not allowed_name(node.asname or node.name.split(".")[0]) and node.name != "*":
                 return False
-        elif kind is ast.ExceptHandler:
-            if (node.name or "").startswith("_"):
+        elif kind is ast.FunctionDef or kind is ast.ExceptHandler:
+            if node.name is not None and not allowed_name(node.name):
                 return False
-        elif kind is ast.Global or kind is ast.Nonlocal or isinstance(node, _REFUSED_NODES):
+        elif (kind is ast.arg or kind is ast.keyword) and (node.arg or "")[:1] == "_":
             return False
     return True
+
+
+def inline_import(name, globals=None, locals=None, fromlist=(), level=0):
+    """The ``__import__`` of inline programs: the modules of `INLINE_IMPORTS`, already loaded by the worker."""
+    allowed = INLINE_IMPORTS.get(name, False)
+    if level or allowed is False or (allowed is not None and not set(fromlist or ()) <= allowed):
+        raise ImportError(f"import of {name!r} is not allowed here")
+    return importlib.import_module(name)
+
+
+INLINE_BUILTINS = {name: getattr(builtins, name) for name in SAFE_BUILTINS if hasattr(builtins, name)}
+INLINE_BUILTINS["__import__"] = inline_import
 
 
 class Capture:
@@ -224,16 +325,30 @@ class InlineClock:
         raise Deadline()
 
 
-PLAIN_PROGRAM = re.compile(
-    r"[^\x00-\x7f]|[_.]|import|yield|await|async|with|match|global|nonlocal|" + "|".join(sorted(SHARED_STATE_NAMES))
+WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+QUICK_REFUSAL = re.compile(r"[^\x00-\x7f]|[_.@]|def\s+[A-Za-z0-9]+\s*\[")
+QUICK_PATH = sys.version_info < (3, 14)
+"""The quick look at the text knows the syntax up to Python 3.13 (``def f[T]`` is refused by the pattern);
+newer versions always walk the syntax tree."""
+PLAIN_WORDS = frozenset(
+    [
+        *("and", "or", "not", "in", "is", "if", "elif", "else", "for", "while", "break", "continue", "pass"),
+        *("def", "return", "lambda", "del", "assert", "raise"),
+    ]
 )
-"""A program without any of these (no attribute access, no underscore, ASCII only -- identifiers are
-NFKC-normalised, so a full-width ``ｅｖａｌ`` is ``eval``) is closed without walking its syntax tree."""
+"""Keywords of the syntax `closed_program` allows (``import`` and ``from`` are left to the full check)."""
+REFUSED_WORDS = frozenset(
+    (set(keyword.kwlist) | BUILTIN_NAMES | {"match", "case", "type"}) - SAFE_BUILTINS - PLAIN_WORDS
+)
 
 
 def accept_closed(source):
-    """The acceptance test for an inline program: `closed_program`, after a quick look at the text."""
-    return accept_all if PLAIN_PROGRAM.search(source) is None else closed_program
+    """The acceptance test for an inline program: `closed_program`, unless a look at the text shows that it
+    has no attribute, no underscore, no non-ASCII identifier (they are NFKC-normalised: a full-width
+    ``ｅｖａｌ`` is ``eval``) and no word that is a refused keyword or builtin, which proves it closed."""
+    if QUICK_PATH and QUICK_REFUSAL.search(source) is None and REFUSED_WORDS.isdisjoint(WORD.findall(source)):
+        return accept_all
+    return closed_program
 
 
 def accept_all(_tree):
@@ -241,7 +356,7 @@ def accept_all(_tree):
 
 
 class InlineLimits:
-    """The soft address-space limit of inline programs, set once per batch (and again if a job's differs)."""
+    """The soft address-space limit of inline programs, set before each (when it differs from the last)."""
 
     def __init__(self):
         self.saved = resource.getrlimit(resource.RLIMIT_AS)
@@ -258,12 +373,9 @@ class InlineLimits:
         resource.setrlimit(resource.RLIMIT_AS, (room, hard))
         self.memory_mb = memory_mb
 
-    def restore(self):
-        resource.setrlimit(resource.RLIMIT_AS, self.saved)
-
 
 def run_inline(job, limits):
-    """Run one inline job here; return its reply header (a dict) and its output, or None to fork it."""
+    """Run one inline job here; return its answer ``(header, output)``, or None to fork it."""
     capture = Capture(job["max_output_bytes"])
     saved_stdout = sys.stdout
     start = time.monotonic()
@@ -273,7 +385,7 @@ def run_inline(job, limits):
         limits.apply(job["memory_mb"])
         sys.stdout = capture
         signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
-        result = run(job["program"], accept=accept_closed(job["program"]))
+        result = run(job["program"], accept=accept_closed(job["program"]), builtins_=INLINE_BUILTINS)
     except (Deadline, OutputLimit):
         pass
     except MemoryError as exc:
@@ -289,26 +401,114 @@ def run_inline(job, limits):
         status, error = "timeout", ""
     else:
         status, error = result
-    header = {"status": status, "error": error, "duration_s": time.monotonic() - start}
-    return header, bytes(capture.data)
+    return {"status": status, "error": error, "duration_s": time.monotonic() - start}, bytes(capture.data)
 
 
-def serve_inline(control, jobs, base_rss):
-    """Answer each job of an inline batch, in order, with one message: a JSON header line, then the output."""
-    limits = InlineLimits()
+FLUSH_S = 0.002
+"""An inline batch's answers go out together, at least this often (and after any program that took longer)."""
+
+
+class Answers:
+    """Answers of an inline batch not sent yet. A message holds a JSON line with one header per answer (its
+    output's length in ``n``; ``{"fork": true}`` for a program to fork), then the outputs one after another."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.headers = []
+        self.outputs = []
+        self.sent = time.monotonic()
+
+    def add(self, answer):
+        header, output = answer if answer is not None else ({"fork": True}, b"")
+        header["n"] = len(output)
+        self.headers.append(header)
+        self.outputs.append(output)
+
+    def flush(self, force=False):
+        if self.headers and (force or time.monotonic() - self.sent >= FLUSH_S):
+            send_message(self.channel, json.dumps(self.headers).encode() + b"\n" + b"".join(self.outputs))
+            self.headers, self.outputs = [], []
+            self.sent = time.monotonic()
+
+
+def inline_child(channel, closing):
+    """The child forked for one inline batch: wait for it on ``channel``, answer each job in order; never returns."""
     try:
-        for index, job in enumerate(jobs):
-            answer = run_inline(job, limits)
-            if answer is None:
-                control.send(json.dumps({"i": index, "fork": True}).encode())
-                continue
-            header, output = answer
-            header["i"] = index
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            header["retire"] = peak > base_rss + RETIRE_GROWTH_BYTES
-            control.send(json.dumps(header).encode() + b"\n" + output)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in closing:
+            os.close(fd)
+        limits = InlineLimits()
+        run_inline(WARM_UP, limits)  # copies the pages a program touches while the worker is idle, not in a batch
+        data, _ = receive_message(channel)
+        if data is None:
+            return
+        answers = Answers(channel)
+        for job in json.loads(data)["inline"]:
+            answers.flush()
+            answers.add(run_inline(job, limits))
+        answers.flush(force=True)
     finally:
-        limits.restore()
+        os._exit(0)
+
+
+WARM_UP = {"program": "x = 1\nprint(x + 1.5)\nx", "timeout_s": 1.0, "memory_mb": 0, "max_output_bytes": 64}
+
+
+class InlineRunner:
+    """A child forked from the worker ahead of its batch (the fork is paid while the worker is idle), holding
+    nothing but what the worker holds; it runs one batch and exits."""
+
+    def __init__(self, control, closing):
+        self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.channel.close()
+            inline_child(theirs, [control.fileno(), *closing])
+        theirs.close()
+
+    def end(self):
+        self.channel.close()
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def serve_inline(control, runner, data, count, retire_above):
+    """Hand an inline batch (``data``, ``count`` jobs) to ``runner`` and relay its answers (see `Answers`); then
+    ``{"done": ...}``. A runner that dies before answering every job: the jobs it did not answer are to be
+    forked, each on its own."""
+    answered = 0
+    try:
+        try:
+            send_message(runner.channel, data)
+            while answered < count:
+                answer, _ = receive_message(runner.channel)
+                if answer is None:
+                    break
+                send_message(control, answer)
+                answered += answer[: answer.find(b"\n")].count(b'"n":')
+        except OSError:
+            pass
+        if answered < count:  # which one killed it is not known (answers go in groups): fork each of them
+            send_message(control, json.dumps([{"fork": True, "n": 0}] * (count - answered)).encode() + b"\n")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        send_message(control, json.dumps({"done": True, "retire": peak > retire_above}).encode())
+    finally:
+        runner.end()  # after "done": its exit (unmapping what it inherited) costs a millisecond
+
+
+RETIRE_GROWTH_BYTES = 256 * 1024 * 1024
+"""A worker whose peak resident memory grew by this much since it started asks to be replaced."""
+
+
+def exit_code(status):
+    """A wait status as an exit code (negative: killed by that signal)."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
 
 
 def send(fd, data):
@@ -354,8 +554,9 @@ def set_limits(limits, uid):
     if limits["open_files"] > 0:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
     if limits["processes"] > 0:
-        # RLIMIT_NPROC counts every process of the user; as nobody that is (almost) only the job's.
-        count = limits["processes"] + (0 if uid == NOBODY else processes_of(uid))
+        # RLIMIT_NPROC counts every process of the uid (in its user namespace): with a uid of its own per
+        # worker, that is the worker and this job.
+        count = limits["processes"] + processes_of(uid)
         resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
 
 
@@ -391,13 +592,7 @@ def child_main(config, limits, fds, workdir, closing):
         )
         with io.FileIO(0, "r", closefd=False) as raw:
             source = raw.read().decode("utf-8", "replace")
-        uid = os.getuid()
-        if uid == 0 and config["drop_root"]:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            uid = NOBODY
-        set_limits(limits, uid)
+        set_limits(limits, os.getuid())
         random.seed()
         numpy = sys.modules.get("numpy")
         if numpy is not None:
@@ -459,7 +654,7 @@ def reap_all():
             return ended
         if pid == 0:
             return ended
-        ended[pid] = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status
+        ended[pid] = exit_code(status)
 
 
 def has_children():
@@ -470,15 +665,15 @@ def has_children():
     return True
 
 
-def kill_everything(job_pid):
-    """SIGKILL the job's process group and every descendant, until none is left."""
+def kill_everything(job_pid, keep=()):
+    """SIGKILL the job's process group and every descendant but ``keep``, until none is left."""
     with contextlib.suppress(OSError):
         os.killpg(job_pid, signal.SIGKILL)
     for _ in range(200):
         reap_all()
         if not has_children():  # as a subreaper, anything left below would have a live or unreaped child here
             return
-        pids = descendants()
+        pids = [pid for pid in descendants() if pid not in keep]
         if not pids:
             return
         for pid in pids:
@@ -508,6 +703,49 @@ def remove_tree(path):
             shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
+IPC_REMOVE = (("shm", "shmid", "shmctl"), ("msg", "msqid", "msgctl"), ("sem", "semid", "semctl"))
+IPC_RMID = 0
+
+
+def wipe_scratch(places, uid):
+    """Remove everything ``uid`` owns in the writable ``places`` (``/tmp``, ``/dev/shm``, ``/dev/mqueue``) and
+    every System V IPC object: what a job left there is gone before the next job. Only called in a sandbox (its
+    own ``/tmp``, IPC namespace and uid), never with ``isolation: none``."""
+    if not places:
+        return
+    for place in places:
+        try:
+            names = os.listdir(place)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(place, name)
+            try:
+                info = os.lstat(path)
+                if info.st_uid != uid:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    remove_tree(path)
+                else:
+                    os.unlink(path)
+            except OSError:
+                pass
+    libc = None
+    for kind, id_column, call in IPC_REMOVE:
+        try:
+            with open("/proc/sysvipc/" + kind) as f:
+                header, *rows = f.read().splitlines()
+        except OSError:
+            continue
+        columns = header.split()
+        for row in rows:
+            fields = row.split()  # every object: the IPC namespace is the sandbox's, and an owner can give one away
+            if libc is None:
+                libc = ctypes.CDLL(None, use_errno=True)
+            with contextlib.suppress(Exception):
+                getattr(libc, call)(int(fields[columns.index(id_column)]), 0 if call == "semctl" else IPC_RMID, 0)
+
+
 class Job:
     def __init__(self, pid, status_fd, workdir):
         self.pid = pid
@@ -516,12 +754,27 @@ class Job:
         self.code = None
 
 
-def finish(job):
-    kill_everything(job.pid)
+def finish(job, scratch, keep=()):
+    kill_everything(job.pid, keep)
+    remove_tree(job.workdir)
+    wipe_scratch(scratch, os.getuid())
     with contextlib.suppress(OSError):
         send(job.status_fd, json.dumps({"exit": job.code if job.code is not None else -9}).encode() + b"\n")
-    remove_tree(job.workdir)
     os.close(job.status_fd)
+
+
+def spare_pids(spare):
+    return () if spare is None else (spare.pid,)
+
+
+def give_up_privileges(uid):
+    """Switch to ``uid`` (from root; that drops every capability) and become non-dumpable, so that the jobs,
+    which run under the same uid, can neither trace this process nor read or write its memory."""
+    if uid is not None and os.getuid() == 0:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    prctl(PR_SET_DUMPABLE, 0)
 
 
 def main():
@@ -531,6 +784,8 @@ def main():
     else:
         control = socket.socket(fileno=int(sys.argv[1]))
     config = json.loads(sys.argv[2])
+    give_up_privileges(config.get("uid"))
+    scratch = config.get("scratch", [])
     for name in config["preload"]:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
@@ -549,8 +804,10 @@ def main():
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, InlineClock.alarm)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+    retire_above = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    retire_above += config.get("retire_growth_bytes", RETIRE_GROWTH_BYTES)
+    spare = InlineRunner(control, [wake_r, wake_w]) if config.get("inline") else None
+    send_message(control, json.dumps({"ready": True, "pid": os.getpid(), "uid": os.getuid()}).encode())
 
     job = None
     while True:
@@ -563,31 +820,29 @@ def main():
             ended = reap_all()
             if job.pid in ended:
                 job.code = ended[job.pid]
-                finish(job)
+                finish(job, scratch, keep=spare_pids(spare))
                 job = None
         else:
             reap_all()
         if control not in readable:
             continue
-        fds = array.array("i")
         try:
-            data, ancillary, _, _ = control.recvmsg(1 << 20, socket.CMSG_SPACE(JOB_FDS * fds.itemsize))
+            data, fds = receive_message(control)
         except InterruptedError:
             continue
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-        if not data:  # the parent is gone
+        if data is None:  # the parent is gone (or broke the framing)
             if job is not None:
-                finish(job)
+                finish(job, scratch, keep=spare_pids(spare))
             os._exit(0)
         message = json.loads(data)
         if "inline" in message and job is None:
-            serve_inline(control, message["inline"], base_rss)
+            runner = spare if spare is not None else InlineRunner(control, [wake_r, wake_w])
+            serve_inline(control, runner, data, len(message["inline"]), retire_above)
+            spare = InlineRunner(control, [wake_r, wake_w])  # the next batch's, forked while this one's are read
             continue
         if message.get("kill"):
             if job is not None:
-                finish(job)
+                finish(job, scratch, keep=spare_pids(spare))
                 job = None
             continue
         if job is not None or len(fds) != JOB_FDS:  # the parent never does this; refuse rather than guess
@@ -595,8 +850,6 @@ def main():
                 os.close(fd)
             continue
         workdir = tempfile.mkdtemp(prefix="rstar-sandbox-")
-        if os.getuid() == 0 and config["drop_root"]:
-            os.chown(workdir, NOBODY, NOBODY)
         pid = os.fork()
         if pid == 0:
             child_main(config, message, list(fds), workdir, [control.fileno(), wake_r, wake_w])
