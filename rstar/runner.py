@@ -355,6 +355,9 @@ class Runner:
         return search_summary(trees, time.perf_counter() - started, opts.search["name"])
 
     def _components(self, opts: RecipeOptions, cache: ComponentCache) -> Components:
+        # The verifier first: it is quick to build, and where its sandbox cannot run that is said before a model
+        # is loaded for nothing.
+        verifier = cache.get("verifier", opts.verifier)
         self.progress("loading", {"what": f"policy {opts.policy['name']}"})
         policy = cache.get("policy", opts.policy)
         reward = None
@@ -362,7 +365,7 @@ class Runner:
             reward = cache.get("reward_model", opts.reward_model)
         return Components(
             policy=policy,
-            verifier=cache.get("verifier", opts.verifier),
+            verifier=verifier,
             checker=cache.get("answer_checker", opts.answer_checker),
             reward_model=reward,
         )

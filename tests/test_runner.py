@@ -172,3 +172,17 @@ def test_same_results_whatever_the_number_in_flight(recipe, tmp_path):
 def test_plugin_objects_are_usable_as_components(recipe, make_registry):
     plugin = types.SimpleNamespace()
     assert make_registry(plugin).names("search")
+
+
+def test_a_sandbox_that_cannot_run_stops_the_search_before_the_policy_loads(recipe, monkeypatch):
+    import rstar_sandbox.subprocess_verifier as sandbox
+
+    from rstar.errors import RstarError
+
+    monkeypatch.setattr(sandbox, "bwrap_works", lambda: False)
+    loading = []
+    runner = make_runner(recipe)
+    runner.progress = lambda event, data: loading.append(data.get("what")) if event == "loading" else None
+    with pytest.raises(RstarError, match="apt-get install bubblewrap"):
+        runner.search()
+    assert not any(str(what).startswith("policy") for what in loading)
