@@ -39,4 +39,5 @@ if [ "${1:-}" = "dev" ] && [ -z "${RSTAR_SKIP_LLAMA_CPP:-}" ]; then
     "${PIP[@]}" --find-links "$wheels" --only-binary llama-cpp-python "llama-cpp-python[server]==${LLAMA_CPP_VERSION}"
   fi
 fi
+command -v bwrap >/dev/null || echo "note: bubblewrap is not installed; the default sandbox needs it (apt-get install bubblewrap)"
 echo "ready: .venv (activate with: source .venv/bin/activate)"
