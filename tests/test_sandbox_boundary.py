@@ -439,3 +439,64 @@ def test_a_job_with_many_processes_stays_within_the_workers_memory():
             assert_victims(run(v, [p for p, _, _ in VICTIMS]))
         finally:
             v.close()
+
+
+# --- found by a second red-team pass --------------------------------------------------------------------------
+
+KEEPS_MEMORY = (
+    "a = []\na.append(a)\nfor i in range(30000):\n    c = [i]\nn = 100000000\nwhile n > 100:\n    try:\n"
+    "        while True:\n            a.append(' ' * n)\n    except:\n        pass\n    n = n // 10\n"
+    "print('kept', len(a) > 1)"
+)
+
+
+def test_memory_a_program_keeps_in_its_batch_leaves_its_batch_mates_their_limits(verifier):
+    # A cycle the namespace's clearing does not free would take the room of every later program of the batch.
+    # First in its batch, so that no collection of older objects that other programs set off frees it.
+    verdicts = run(verifier, [KEEPS_MEMORY, *(p for p, _, _ in VICTIMS)], memory_mb=512)
+    assert verdicts[0].status == "ok", verdicts[0]
+    assert_victims(verdicts[1:])
+    (verdict,) = attack(verifier, [KEEPS_MEMORY], memory_mb=512)
+    assert verdict.status == "ok", verdict
+
+
+def test_a_reaped_inline_runner_is_no_longer_spared_by_the_clean_up():
+    # A job could kill the runner waiting for the next batch and, once the pid comes round again, give it to a
+    # process of its own, which the clean-up would spare. The pid is spared only until the runner is reaped.
+    import os
+    import signal
+
+    from rstar_sandbox import worker
+
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    worker.LIVING_RUNNERS.add(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):
+            if pid in worker.reap_all():
+                break
+            __import__("time").sleep(0.01)
+        assert pid not in worker.LIVING_RUNNERS
+    finally:
+        worker.LIVING_RUNNERS.discard(pid)
+
+
+def test_folders_nested_past_the_recursion_limit_are_removed_without_losing_the_worker(verifier):
+    deep = "import os\nos.chdir('/tmp')\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')"
+    run(verifier, ["1"])
+    started = verifier.counts["workers_started"]
+    (verdict,) = attack(verifier, [deep])
+    assert (verdict.status, verdict.output) == ("ok", "deep\n"), verdict
+    (left,) = run(verifier, ["import os\nprint(os.path.exists('/tmp/d'))"])
+    assert left.output == "False\n"
+    assert verifier.counts["workers_started"] == started
+
+
+def test_an_exit_code_too_long_to_print_is_an_error_verdict(verifier):
+    (verdict,) = attack(verifier, ["raise SystemExit(10 ** 5000)"])
+    assert (verdict.status, verdict.error) == ("error", "SystemExit: <exit code could not be printed>"), verdict
+    (long_text,) = run(verifier, ["raise SystemExit('x' * 10**6)"])
+    assert long_text.status == "error" and len(long_text.error) < 3000, long_text

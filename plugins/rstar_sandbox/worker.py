@@ -137,7 +137,11 @@ def run(source, accept=None, builtins_=builtins):
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
             return "ok", ""
-        return "error", clean_text(f"SystemExit: {exc.code}")
+        try:
+            text = f"SystemExit: {exc.code}"
+        except BaseException:  # e.g. an int too long to print
+            text = "SystemExit: <exit code could not be printed>"
+        return "error", clean_text(text[:MAX_ERROR_CHARS] + ("..." if len(text) > MAX_ERROR_CHARS else ""))
     except MemoryError as exc:
         return "memory", describe(exc)
     except BaseException as exc:
@@ -431,8 +435,20 @@ class Answers:
             self.sent = time.monotonic()
 
 
+INLINE_GROWTH_BYTES = 64 * 1024 * 1024
+"""A batch's process that has grown by this much (memory a program kept, in cycles the namespace's clearing
+does not free) stops after that program; the rest of the batch goes on in a fresh one."""
+RENEW_EXIT = 75
+"""The exit code of a batch's process that stopped early for that reason (no program can exit with it)."""
+
+
+def mapped_pages(statm):
+    return int(os.pread(statm, 64, 0).split(None, 1)[0])
+
+
 def inline_child(channel, closing):
     """The child forked for one inline batch: wait for it on ``channel``, answer each job in order; never returns."""
+    code = 0
     try:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         signal.set_wakeup_fd(-1)
@@ -441,6 +457,8 @@ def inline_child(channel, closing):
             os.close(fd)
         limits = InlineLimits()
         run_inline(WARM_UP, limits)  # copies the pages a program touches while the worker is idle, not in a batch
+        statm = os.open("/proc/self/statm", os.O_RDONLY)
+        most = mapped_pages(statm) + INLINE_GROWTH_BYTES // resource.getpagesize()
         data, _ = receive_message(channel)
         if data is None:
             return
@@ -448,12 +466,20 @@ def inline_child(channel, closing):
         for job in json.loads(data)["inline"]:
             answers.flush()
             answers.add(run_inline(job, limits))
+            if mapped_pages(statm) > most:  # no program after this one may find less room than in a fresh process
+                code = RENEW_EXIT
+                break
         answers.flush(force=True)
     finally:
-        os._exit(0)
+        os._exit(code)
 
 
 WARM_UP = {"program": "x = 1\nprint(x + 1.5)\nx", "timeout_s": 1.0, "memory_mb": 0, "max_output_bytes": 64}
+
+
+LIVING_RUNNERS = set()
+"""The pids of inline runners not yet reaped: a job's clean-up spares these and nothing else. A pid leaves the
+set the moment it is reaped (`reap_all`, `InlineRunner.end`), before the kernel can give it to another process."""
 
 
 class InlineRunner:
@@ -467,37 +493,59 @@ class InlineRunner:
             self.channel.close()
             inline_child(theirs, [control.fileno(), *closing])
         theirs.close()
+        LIVING_RUNNERS.add(self.pid)
+        self.code = None
+
+    def alive(self):
+        return self.pid in LIVING_RUNNERS
 
     def end(self):
+        """Kill it (if it still runs) and reap it; return its exit code (negative: killed by that signal)."""
         self.channel.close()
-        with contextlib.suppress(OSError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+        if self.pid in LIVING_RUNNERS:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                self.code = exit_code(os.waitpid(self.pid, 0)[1])
+            LIVING_RUNNERS.discard(self.pid)
+        return self.code
 
 
-def serve_inline(control, runner, data, count, retire_above):
-    """Hand an inline batch (``data``, ``count`` jobs) to ``runner`` and relay its answers (see `Answers`); then
-    ``{"done": ...}``. A runner that dies before answering every job: the jobs it did not answer are to be
-    forked, each on its own."""
+def serve_inline(control, runner, jobs, data, closing, retire_above):
+    """Hand an inline batch (``jobs``, encoded as ``data``) to ``runner`` and relay its answers (see `Answers`);
+    then ``{"done": ...}``. A runner that stopped because it grew goes on in a fresh one; a runner that died
+    otherwise before answering every job: the jobs it did not answer are to be forked, each on its own (which
+    one killed it is not known, answers going in groups)."""
     answered = 0
     try:
-        try:
-            send_message(runner.channel, data)
-            while answered < count:
-                answer, _ = receive_message(runner.channel)
-                if answer is None:
-                    break
-                send_message(control, answer)
-                answered += answer[: answer.find(b"\n")].count(b'"n":')
-        except OSError:
-            pass
-        if answered < count:  # which one killed it is not known (answers go in groups): fork each of them
-            send_message(control, json.dumps([{"fork": True, "n": 0}] * (count - answered)).encode() + b"\n")
+        while True:
+            answered += relay(runner, data, control, len(jobs) - answered)
+            if answered >= len(jobs) or runner.end() != RENEW_EXIT:
+                break
+            runner = InlineRunner(control, closing)
+            data = json.dumps({"inline": jobs[answered:]}).encode()
+        if answered < len(jobs):
+            send_message(control, json.dumps([{"fork": True, "n": 0}] * (len(jobs) - answered)).encode() + b"\n")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         send_message(control, json.dumps({"done": True, "retire": peak > retire_above}).encode())
     finally:
         runner.end()  # after "done": its exit (unmapping what it inherited) costs a millisecond
+
+
+def relay(runner, data, control, most):
+    """Send ``data`` to ``runner`` and relay its answers to ``control`` until ``most`` came or it ended; how many."""
+    answered = 0
+    try:
+        send_message(runner.channel, data)
+        while answered < most:
+            answer, _ = receive_message(runner.channel)
+            if answer is None:
+                break
+            send_message(control, answer)
+            answered += answer[: answer.find(b"\n")].count(b'"n":')
+    except OSError:
+        pass
+    return answered
 
 
 RETIRE_GROWTH_BYTES = 256 * 1024 * 1024
@@ -655,6 +703,7 @@ def reap_all():
         if pid == 0:
             return ended
         ended[pid] = exit_code(status)
+        LIVING_RUNNERS.discard(pid)
 
 
 def has_children():
@@ -665,15 +714,16 @@ def has_children():
     return True
 
 
-def kill_everything(job_pid, keep=()):
-    """SIGKILL the job's process group and every descendant but ``keep``, until none is left."""
+def kill_everything(job_pid):
+    """SIGKILL the job's process group and every descendant but the inline runner waiting for its batch, until
+    none is left."""
     with contextlib.suppress(OSError):
         os.killpg(job_pid, signal.SIGKILL)
     for _ in range(200):
         reap_all()
         if not has_children():  # as a subreaper, anything left below would have a live or unreaped child here
             return
-        pids = [pid for pid in descendants() if pid not in keep]
+        pids = [pid for pid in descendants() if pid not in LIVING_RUNNERS]
         if not pids:
             return
         for pid in pids:
@@ -696,11 +746,19 @@ def remove_tree(path):
                 os.chmod(target, stat.S_IRWXU)
             func(target)
 
-    with contextlib.suppress(OSError):
+    try:
         if sys.version_info >= (3, 12):
             shutil.rmtree(path, onexc=make_writable_and_retry)
         else:
             shutil.rmtree(path, onerror=make_writable_and_retry)
+    except OSError:
+        pass
+    except RecursionError:  # folders nested deeper than the recursion limit: coreutils walk any depth
+        import subprocess
+
+        for command in (["chmod", "-R", "u+rwx", "--", path], ["rm", "-rf", "--", path]):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False)
 
 
 IPC_REMOVE = (("shm", "shmid", "shmctl"), ("msg", "msqid", "msgctl"), ("sem", "semid", "semctl"))
@@ -710,21 +768,14 @@ IPC_RMID = 0
 def wipe_scratch(places, uid):
     """Remove everything ``uid`` owns in the writable ``places`` (``/tmp``, ``/dev/shm``, ``/dev/mqueue``) and
     every System V IPC object: what a job left there is gone before the next job. Only called in a sandbox (its
-    own ``/tmp``, IPC namespace and uid), never with ``isolation: none``."""
+    own ``/tmp``, IPC namespace and uid), never with ``isolation: none``. False when something is left (the
+    worker then retires: a new sandbox starts empty)."""
     if not places:
-        return
+        return True
     for place in places:
-        try:
-            names = os.listdir(place)
-        except OSError:
-            continue
-        for name in names:
-            path = os.path.join(place, name)
+        for path in owned_by(place, uid):
             try:
-                info = os.lstat(path)
-                if info.st_uid != uid:
-                    continue
-                if stat.S_ISDIR(info.st_mode):
+                if stat.S_ISDIR(os.lstat(path).st_mode):
                     remove_tree(path)
                 else:
                     os.unlink(path)
@@ -744,6 +795,22 @@ def wipe_scratch(places, uid):
                 libc = ctypes.CDLL(None, use_errno=True)
             with contextlib.suppress(Exception):
                 getattr(libc, call)(int(fields[columns.index(id_column)]), 0 if call == "semctl" else IPC_RMID, 0)
+    return not any(owned_by(place, uid) for place in places)
+
+
+def owned_by(place, uid):
+    """The paths of the entries of folder ``place`` that ``uid`` owns."""
+    try:
+        names = os.listdir(place)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(place, name)
+        with contextlib.suppress(OSError):
+            if os.lstat(path).st_uid == uid:
+                found.append(path)
+    return found
 
 
 class Job:
@@ -754,17 +821,15 @@ class Job:
         self.code = None
 
 
-def finish(job, scratch, keep=()):
-    kill_everything(job.pid, keep)
+def finish(job, scratch):
+    kill_everything(job.pid)
     remove_tree(job.workdir)
-    wipe_scratch(scratch, os.getuid())
+    clean = wipe_scratch(scratch, os.getuid())
     with contextlib.suppress(OSError):
         send(job.status_fd, json.dumps({"exit": job.code if job.code is not None else -9}).encode() + b"\n")
     os.close(job.status_fd)
-
-
-def spare_pids(spare):
-    return () if spare is None else (spare.pid,)
+    if not clean:  # what the job left could not be removed: no later job may see it
+        os._exit(0)
 
 
 def give_up_privileges(uid):
@@ -820,7 +885,7 @@ def main():
             ended = reap_all()
             if job.pid in ended:
                 job.code = ended[job.pid]
-                finish(job, scratch, keep=spare_pids(spare))
+                finish(job, scratch)
                 job = None
         else:
             reap_all()
@@ -832,17 +897,17 @@ def main():
             continue
         if data is None:  # the parent is gone (or broke the framing)
             if job is not None:
-                finish(job, scratch, keep=spare_pids(spare))
+                finish(job, scratch)
             os._exit(0)
         message = json.loads(data)
         if "inline" in message and job is None:
-            runner = spare if spare is not None else InlineRunner(control, [wake_r, wake_w])
-            serve_inline(control, runner, data, len(message["inline"]), retire_above)
+            runner = spare if spare is not None and spare.alive() else InlineRunner(control, [wake_r, wake_w])
+            serve_inline(control, runner, message["inline"], data, [wake_r, wake_w], retire_above)
             spare = InlineRunner(control, [wake_r, wake_w])  # the next batch's, forked while this one's are read
             continue
         if message.get("kill"):
             if job is not None:
-                finish(job, scratch, keep=spare_pids(spare))
+                finish(job, scratch)
                 job = None
             continue
         if job is not None or len(fds) != JOB_FDS:  # the parent never does this; refuse rather than guess
