@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rstar import __version__
@@ -86,17 +87,17 @@ class _Progress:
 
     def __call__(self, event: str, payload: dict[str, Any]) -> None:
         if event == "loading":
-            console.print(f"[dim]loading {payload['what']}...[/]")
+            console.print(f"[dim]loading {escape(str(payload['what']))}...[/]")
         elif event == "stage_start" and payload["round"]:
             console.rule(f"round {payload['round']}: {payload['stage']}", style="dim")
         elif event == "stage_end" and payload["stage"] != "search":
-            console.print(f"[dim]{payload['stage']} done: {_brief(payload['summary'])}[/]")
+            console.print(f"[dim]{escape(str(payload['stage']))} done: {escape(_brief(payload['summary']))}[/]")
         elif event == "evaluate_run":
-            console.print(f"[bold]evaluate[/] {payload['label']}")
+            console.print(f"[bold]evaluate[/] {escape(str(payload['label']))}")
         elif event == "round_end":
-            console.print(f"[dim]round {payload['round']} done; report: {payload['report']}[/]")
+            console.print(f"[dim]round {payload['round']} done; report: {escape(str(payload['report']))}[/]")
         elif event == "stage_skipped":
-            console.print(f"[dim]{payload['folder']}: already done, skipped[/]")
+            console.print(f"[dim]{escape(str(payload['folder']))}: already done, skipped[/]")
         elif event == "search_start":
             from rich.progress import (
                 BarColumn,
@@ -225,8 +226,8 @@ def compare(recipe: str, overrides: tuple[str, ...]) -> None:
             if payload["changed"]:
                 status += f": changed {', '.join(payload['changed'])}"
             console.print(
-                f"[bold]cell {payload['index']} of {payload['total']}[/]: {payload['label']}, "
-                f"samples={payload['budget']} ({status})"
+                f"[bold]cell {payload['index']} of {payload['total']}[/]: {escape(str(payload['label']))}, "
+                f"samples={payload['budget']} ({escape(status)})"
             )
         bar(event, payload)
 
@@ -255,7 +256,7 @@ def compare(recipe: str, overrides: tuple[str, ...]) -> None:
         )
     out.print(table)
     if result.plot_note:
-        console.print(f"[yellow]{result.plot_note}[/]")
+        console.print(f"[yellow]{escape(result.plot_note)}[/]")
     for path in result.files.values():
         out.print(f"wrote {path}")
 
@@ -427,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except RstarError as exc:
         if os.environ.get("RSTAR_DEBUG"):
             console.print_exception()
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        # The message is plain text: brackets in it (an extra's name, a key path) are not markup.
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted; re-run the same command to resume")

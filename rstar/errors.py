@@ -35,7 +35,8 @@ class MissingExtraError(RstarError):
     def __init__(self, component: str, module: str, extra: str) -> None:
         super().__init__(
             f"{component} needs the Python package '{module}', which is not installed. "
-            f"Install rstar's '{extra}' extra: pip install -e '.[{extra}]' in the rstar checkout"
+            f"Install rstar's '{extra}' extra: pip install -e '.[{extra}]' in the rstar checkout "
+            f"(or pip install 'rstar[{extra}]' where rstar was installed from a wheel)"
         )
 
 

@@ -114,3 +114,12 @@ def test_plugins_json_lists_components():
 def test_unknown_command():
     proc = rstar("serch")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
+def test_an_error_with_square_brackets_is_printed_whole(recipe):
+    # rich took "[vllm]" in the install hint for markup and dropped it; every bracket must survive.
+    pytest.importorskip("rstar_vllm")
+    if __import__("importlib.util").util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here, so its extra is not missing")
+    proc = rstar("search", str(recipe), "~policy", "policy.name=vllm", "policy.model=some/model")
+    assert_clean_error(proc, "pip install -e '.[vllm]'", "pip install 'rstar[vllm]'")
