@@ -1,0 +1,34 @@
+"""Packaging: the distribution builds without warnings about its own metadata."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_wheel_builds_without_metadata_warnings(tmp_path):
+    # setuptools warned on every install that a license table is deprecated (an SPDX string is the form now).
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "project.license" not in output and "License classifiers are deprecated" not in output, output[-3000:]
+    (wheel,) = tmp_path.glob("rstar-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "License-Expression: MIT" in text
+    assert any(n.endswith("licenses/LICENSE") for n in names)
