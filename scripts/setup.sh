@@ -39,5 +39,13 @@ if [ "${1:-}" = "dev" ] && [ -z "${RSTAR_SKIP_LLAMA_CPP:-}" ]; then
     "${PIP[@]}" --find-links "$wheels" --only-binary llama-cpp-python "llama-cpp-python[server]==${LLAMA_CPP_VERSION}"
   fi
 fi
-command -v bwrap >/dev/null || echo "note: bubblewrap is not installed; the default sandbox needs it (apt-get install bubblewrap)"
+# The default step verifier runs model-written code in bubblewrap and refuses to start without it.
+if ! command -v bwrap >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing bubblewrap (the sandbox of the default step verifier)"
+    apt-get install -y -qq bubblewrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }
+  else
+    echo "note: the default sandbox needs bubblewrap, which is not installed: sudo apt-get install bubblewrap"
+  fi
+fi
 echo "ready: .venv (activate with: source .venv/bin/activate)"
