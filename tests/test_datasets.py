@@ -47,3 +47,27 @@ def test_shared_evaluation_sets_load(name, count):
 def test_hub_dataset_without_the_extra_says_how_to_install_it():
     with pytest.raises(MissingExtraError, match=r"\[datasets\]"):
         HubDataset(HubOptions(path="openai/gsm8k")).load()
+
+
+def test_every_bundled_dataset_takes_limit_and_offset_with_the_same_meaning(tmp_path):
+    # A user who writes `limit: 8` for jsonl expects it to work for arithmetic too (it was refused).
+    from rstar.registry import get_registry
+
+    registry = get_registry()
+    full = registry.build("dataset", {"name": "arithmetic", "count": 10, "seed": 3}).load()
+    part = registry.build("dataset", {"name": "arithmetic", "count": 10, "seed": 3, "limit": 4, "offset": 2}).load()
+    assert [p.id for p in part] == [p.id for p in full[2:6]]
+    lines = tmp_path / "d.jsonl"
+    lines.write_text("".join(f'{{"question": "q{i}", "answer": "{i}"}}\n' for i in range(10)))
+    rows = registry.build("dataset", {"name": "jsonl", "path": str(lines), "limit": 4, "offset": 2}).load()
+    assert [p.question for p in rows] == ["q2", "q3", "q4", "q5"]
+
+
+def test_every_bundled_dataset_names_limit_and_offset_alike():
+    from rstar.registry import get_registry
+
+    registry = get_registry()
+    for name in ("arithmetic", "hf", "jsonl"):
+        fields = registry.get("dataset", name).options_model().model_fields
+        assert {"limit", "offset"} <= set(fields), name
+        assert fields["offset"].default == 0 and fields["limit"].default is None, name

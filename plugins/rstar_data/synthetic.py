@@ -46,6 +46,9 @@ class ArithmeticOptions(Options):
     seed: int = Field(0, description="generator seed; use different seeds for training and held-out sets")
     ops: list[Op] = Field(["+", "-", "*"], min_length=1, description="operations to draw from")
     max_operand: int = Field(20, ge=2, description="operands are drawn from 2..max_operand")
+    # The same two keys, with the same meaning, as every other dataset (jsonl, hf).
+    limit: int | None = Field(None, ge=1, description="use only the first `limit` problems (after `offset`)")
+    offset: int = Field(0, ge=0, description="skip this many problems first")
 
 
 class ArithmeticDataset:
@@ -69,7 +72,8 @@ class ArithmeticDataset:
             name, pronoun = rng.choice(_NAMES)
             text = rng.choice(_TEMPLATES[op]).format(name=name, pronoun=pronoun, things=rng.choice(_THINGS), a=a, b=b)
             problems.append(Problem(id=f"arith-{o.seed}-{i}", question=text, answer=str(answer)))
-        return problems
+        end = None if o.limit is None else o.offset + o.limit
+        return problems[o.offset : end]
 
 
 __all__ = ["ArithmeticDataset", "ArithmeticOptions"]
