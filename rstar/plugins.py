@@ -58,6 +58,24 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return make_plugin_manager()
 
 
+def environment_versions() -> dict[str, Any]:
+    """Python, the platform and every installed distribution with its version (no package is imported): what a
+    run needs next to its recipe to be reproduced, or to tell why two runs of one recipe differ."""
+    import platform
+    from importlib import metadata
+
+    packages = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            packages[name] = dist.version
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": dict(sorted(packages.items(), key=lambda item: item[0].lower())),
+    }
+
+
 def plugin_versions(pm: pluggy.PluginManager) -> dict[str, dict[str, Any]]:
     """``{plugin name: {"distribution": ..., "version": ...}}`` for every loaded plugin."""
     out: dict[str, dict[str, Any]] = {}

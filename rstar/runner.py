@@ -41,7 +41,7 @@ from rstar.config import (
 )
 from rstar.engine import Components, Engine
 from rstar.errors import ConfigError, RstarError
-from rstar.plugins import plugin_versions
+from rstar.plugins import environment_versions, plugin_versions
 from rstar.registry import Registry
 from rstar.report import write_report
 from rstar.steps import StepFormat
@@ -171,6 +171,7 @@ class Runner:
         else:
             write_atomic(config_path, yaml.safe_dump(self.recipe, sort_keys=False))
         write_atomic(self.output_dir / "plugins.json", json.dumps(plugin_versions(self.pm), indent=2, sort_keys=True))
+        write_atomic(self.output_dir / "environment.json", json.dumps(environment_versions(), indent=2))
 
     def _stage(self, stage: str, round_index: int, cfg: Mapping[str, Any], folder: Path) -> StageResult:
         if (folder / DONE).exists():

@@ -74,6 +74,9 @@ def test_search_writes_trees_summary_config_and_versions(recipe, tmp_path):
     assert "seed: 1" in (run / "config.yaml").read_text()
     versions = json.loads((run / "plugins.json").read_text())
     assert versions["sandbox"]["distribution"] == "rstar"
+    environment = json.loads((run / "environment.json").read_text())  # to tell why two runs of a recipe differ
+    assert environment["packages"]["pluggy"] == __import__("importlib.metadata").metadata.version("pluggy")
+    assert environment["python"] == __import__("platform").python_version()
     names = [e[0] for e in recorder.events]
     assert names[0] == "run_start" and names[-1] == "run_end"
     assert names.count("tree_done") == 6
