@@ -68,7 +68,7 @@ from pydantic import Field
 from rstar.config import Options
 from rstar.errors import RstarError
 from rstar.types import CodeJob, Verdict, VerdictStatus
-from rstar_sandbox.worker import RECORD_BYTES, clean_text, remove_tree
+from rstar_sandbox.worker import RECORD_BYTES, clean_text, records, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -313,11 +313,11 @@ class SubprocessVerifier:
         fields = ("program", "timeout_s", "memory_mb", "max_output_bytes")
         payload = json.dumps({"inline": [{f: getattr(jobs[i], f) for f in fields} for i in batch]}).encode()
         sock = worker.control
-        waiting = list(batch)  # the worker answers in order: the first one waiting is the one running
+        waiting = list(batch)  # answered in order, in groups
         try:
             sock.setblocking(False)
             try:
-                for record in _records(payload):
+                for record in records(payload):
                     await loop.sock_sendall(sock, record)
             except OSError:  # the worker died before it got the batch
                 worker.kill()
@@ -810,13 +810,6 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def _records(data: bytes) -> list[bytes]:
-    """``data`` as the control socket's records (`rstar_sandbox.worker.send_message` frames them the same way)."""
-    size = RECORD_BYTES - 1
-    pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
-    return [(b"." if n == len(pieces) - 1 else b"+") + piece for n, piece in enumerate(pieces)]
 
 
 async def _receive(sock: socket.socket, partial: bytearray, deadline: float) -> tuple[list[bytes], bool]:

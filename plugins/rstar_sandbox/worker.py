@@ -154,14 +154,18 @@ def run(source, accept=None, builtins_=builtins):
 # --- framing on the control socket ------------------------------------------------------------------
 
 
-def send_message(sock, data, fds=None):
-    """Send ``data`` as records of at most `RECORD_BYTES`: each is ``b"+"`` (more follow) or ``b"."`` (the
-    last) and a piece of ``data``. A socket's send buffer is smaller than the largest batch or answer, and a
-    ``SOCK_SEQPACKET`` record must fit in it whole. File descriptors ride on the first record."""
+def records(data):
+    """``data`` as records of at most `RECORD_BYTES`: each is ``b"+"`` (more follow) or ``b"."`` (the last) and a
+    piece of ``data``. A socket's send buffer is smaller than the largest batch or answer, and a
+    ``SOCK_SEQPACKET`` record must fit in it whole."""
     size = RECORD_BYTES - 1
     pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
-    for n, piece in enumerate(pieces):
-        record = (b"." if n == len(pieces) - 1 else b"+") + piece
+    return [(b"." if n == len(pieces) - 1 else b"+") + piece for n, piece in enumerate(pieces)]
+
+
+def send_message(sock, data, fds=None):
+    """Send ``data`` as its `records`; file descriptors ride on the first."""
+    for n, record in enumerate(records(data)):
         if n == 0 and fds:
             sock.sendmsg([record], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
         else:
@@ -443,6 +447,7 @@ RENEW_EXIT = 75
 
 
 def mapped_pages(statm):
+    """The pages this process has mapped (VmSize), from an open ``/proc/self/statm``."""
     return int(os.pread(statm, 64, 0).split(None, 1)[0])
 
 
@@ -571,10 +576,12 @@ def prctl(option, value):
 
 def mapped_bytes():
     """The address space this process has mapped already (VmSize), in bytes."""
-    with contextlib.suppress(Exception), open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
+    with contextlib.suppress(Exception):
+        statm = os.open("/proc/self/statm", os.O_RDONLY)
+        try:
+            return mapped_pages(statm) * resource.getpagesize()
+        finally:
+            os.close(statm)
     return 0
 
 
