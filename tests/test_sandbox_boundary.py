@@ -401,13 +401,18 @@ def test_bubblewrap_jobs_get_no_memory_outside_their_limits_and_no_namespaces():
         "refused.append(rt.mq_open(b'/q', os.O_CREAT | os.O_RDWR, 0o600, None) == -1)\n"
         "refused.append(libc.unshare(0x10000000) == -1)\nrefused.append(libc.unshare(0x00020000) == -1)\n"
         "try:\n    os.memfd_create('m')\n    refused.append(False)\nexcept PermissionError:\n    refused.append(True)\n"
-        "print(refused)"
+        # the same calls by their x32 numbers, clone3 (whose flags a filter cannot read), io_uring, userfaultfd
+        "refused.append(libc.syscall(0x40000000 + 29, 0, 4096, 0o1600) == -1)\n"
+        "refused.append(libc.syscall(0x40000000 + 272, 0x10000000) == -1)\n"
+        "refused.append(libc.syscall(435, 0, 0) == -1)\nrefused.append(libc.syscall(425, 8, 0) == -1)\n"
+        "refused.append(libc.syscall(323, 0) == -1)\n"
+        "print(all(refused), refused)"
     )
     for inline in (True, False):
         v = build({"name": "subprocess", "inline": inline})
         try:
             (verdict,) = run(v, [program])
-            assert (verdict.status, verdict.output) == ("ok", "[True, True, True, True, True, True, True]\n"), verdict
+            assert verdict.status == "ok" and verdict.output.startswith("True "), verdict
         finally:
             v.close()
 

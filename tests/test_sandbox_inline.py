@@ -27,6 +27,12 @@ CLOSED = [
     "print('é ∑ 😀')",
     "print(f'{2 / 3:.3f}')\nformat(7, '>5')",
     "total = sum(i * i for i in range(10))\ntotal",
+    # hostile but closed: a huge format spec, a C-level recursion, an unprintable end, a key with side effects
+    "format(1, 'x' * 10**6)",
+    "x = [[]]\nfor i in range(10**5):\n    x = [x]\nprint(len(str(x)))",
+    "print(1, end='\\ud800')",
+    "sorted([3, 1, 2], key=print)",
+    "str(10 ** 100000)",
     "assert 1 == 2, 'nope'",
     "1/0",
     "print(None)\nNone",
