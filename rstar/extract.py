@@ -188,12 +188,22 @@ class _Trajectory:
 
 
 def _trajectories(graph: _Graph, label: Outcome) -> list[_Trajectory]:
-    """Root-to-leaf paths ending on a leaf with ``label``, in breadth-first order of their leaves."""
+    """Root-to-leaf paths ending on a leaf with ``label``, in depth-first order (children in tree order).
+
+    This is the order in which the original's ``extra_sft_file.py`` enumerates its traces, and so the
+    order its stable sorts keep among equal keys (ALGORITHM.md 6.1, step 3): a deep path under the
+    first child comes before a shallow path under the second.
+    """
     out = []
-    for leaf in graph.leaves():
-        if outcome(leaf) == label:
-            steps = graph.path(leaf)
-            qs = [n.q_value for n in steps]
+    stack = [graph.root]
+    while stack:
+        n = stack.pop()
+        kids = graph.children[n.id]
+        if kids:
+            stack.extend(reversed(kids))  # the first child is visited first
+        elif outcome(n) == label:
+            steps = graph.path(n)
+            qs = [s.q_value for s in steps]
             out.append(_Trajectory(steps, _mean(qs), min(qs)))
     return out
 

@@ -22,7 +22,10 @@ Values (ALGORITHM.md 4.6, 4.7, 4.10): an invalid leaf gets -1 on itself only; in
 answer gets +1 or -1 from the reference answer, backed up to the root at once; with a reward model,
 each new non-terminal child gets the model's score as one visit (unless ``terminal_sample``), and in
 ``test`` mode each answer gets the model's score, backed up to the root. The chosen answer is the
-answer node with the highest Q-value (ties: first in breadth-first order).
+answer node with the highest Q-value; ties are broken as the original's ``eval_output.py`` does
+(ALGORITHM.md 4.9, `_Search.answer_walk`): the shallower answer wins, and at one depth the answer
+that comes first once every level is stable-sorted by Q (higher-Q parents first), not simply the
+first in breadth-first order.
 
 Several runs (``runs > 1``, ALGORITHM.md 4.9, the paper's "N trajectories"): the whole search is
 repeated ``runs`` times, one run after the other, run ``r`` (from 0) seeded with ``ctx.seed`` for
@@ -257,9 +260,26 @@ class _Search:
         return _make_tree(self.problem, self.ctx, chosen, self.nodes())
 
     def best_answer(self) -> _Node | None:
-        """The answer node with the highest Q (ties: first in breadth-first order)."""
-        answers = [n for n in self._bfs() if n.valid_answer]
+        """The answer node with the highest Q (ties: first in `answer_walk` order, ALGORITHM.md 4.9)."""
+        answers = self.answer_walk()
         return max(answers, key=lambda n: n.q) if answers else None  # max keeps the first of equals
+
+    def answer_walk(self) -> list[_Node]:
+        """The answer leaves in the order the original's ``eval_output.py`` collects them (ALGORITHM.md 4.9).
+
+        Level by level from the root: the children of the current level's nodes, listed in that
+        level's order, are stable-sorted by Q (highest first); the answer leaves among them are
+        collected in that order, and the nodes with children, in that order, make the next level.
+        Leaves without an answer drop out. So among equal-Q answers the shallower one comes first,
+        and at one depth the one whose parent ranked higher (recursively).
+        """
+        answers: list[_Node] = []
+        level = [self.root]
+        while level:
+            ranked = sorted((ch for n in level for ch in n.children), key=lambda n: n.q, reverse=True)  # stable
+            answers += [n for n in ranked if n.valid_answer and not n.children]
+            level = [n for n in ranked if n.children]
+        return answers
 
     def nodes(self, run: int | None = None) -> list[Node]:
         """The tree's nodes in breadth-first order; for ``run`` r, renamed below the synthetic root."""
