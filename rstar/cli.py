@@ -61,22 +61,24 @@ def cli() -> None:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _load(recipe: str, overrides: Sequence[str]) -> dict[str, Any]:
+def load(recipe: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """A recipe file with the command line's overrides applied (not yet validated)."""
     from rstar.config import load_recipe
 
     return load_recipe(recipe, overrides)
 
 
-def _runner(recipe: str, overrides: Sequence[str]) -> Any:
+def make_runner(recipe: str, overrides: Sequence[str]) -> Any:
+    """A `rstar.runner.Runner` of a recipe file (validated once, here) showing its progress on the terminal."""
     from rstar.plugins import get_plugin_manager
     from rstar.registry import get_registry
     from rstar.runner import Runner
 
-    data = _load(recipe, overrides)
-    return Runner(data, get_registry(), get_plugin_manager(), source=recipe, progress=_Progress())
+    data = load(recipe, overrides)
+    return Runner(data, get_registry(), get_plugin_manager(), source=recipe, progress=Progress())
 
 
-class _Progress:
+class Progress:
     """Shows a run's progress with rich: a bar per search stage with the accuracy so far."""
 
     def __init__(self) -> None:
@@ -95,7 +97,9 @@ class _Progress:
         elif event == "evaluate_run":
             console.print(f"[bold]evaluate[/] {escape(str(payload['label']))}")
         elif event == "round_end":
-            console.print(f"[dim]round {payload['round']} done; report: {escape(str(payload['report']))}[/]")
+            report = payload["output_dir"] / "report.md"
+            where = f"; report: {report}" if report.is_file() else ""
+            console.print(f"[dim]round {payload['round']} done{escape(where)}[/]")
         elif event == "stage_skipped":
             console.print(f"[dim]{escape(str(payload['folder']))}: already done, skipped[/]")
         elif event == "search_start":
@@ -170,21 +174,24 @@ def _summary_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
 @OVERRIDES
 def run(recipe: str, overrides: tuple[str, ...]) -> None:
     """Run a recipe: all rounds and stages, resumable (re-run the same command to continue)."""
-    from rstar.report import markdown_table, round_rows
-
-    runner = _runner(recipe, overrides)
+    runner = make_runner(recipe, overrides)
     try:
         results = runner.run()
     finally:
         runner.progress.close()
-    searches = [(f"round {r.round} {r.name}", r.summary) for r in results if r.name in ("search", "search_unsolved")]
+    # A search's summary names its strategy; a stage of several searches (evaluate) lists them under "runs".
+    searches = []
     for r in results:
-        if r.name == "evaluate":
-            searches += [(f"round {r.round} eval {label}", s) for label, s in r.summary.get("runs", {}).items()]
+        if "strategy" in r.summary:
+            searches.append((f"round {r.round} {r.name}", r.summary))
+        runs = r.summary.get("runs")
+        if isinstance(runs, dict):
+            searches += [(f"round {r.round} {r.name} {label}", s) for label, s in runs.items() if "strategy" in s]
     out.print(_summary_table(searches))
-    if any(r.name != "search" for r in results):
-        out.print(markdown_table(round_rows(runner.output_dir)))
-        out.print(f"report: {runner.output_dir / 'report.md'}")
+    report = runner.output_dir / "report.md"
+    if any(r.name != "search" for r in results) and report.is_file():
+        out.print(report.read_text(encoding="utf-8"))
+        out.print(f"report: {report}")
     out.print(f"run folder: {runner.output_dir}")
 
 
@@ -193,7 +200,7 @@ def run(recipe: str, overrides: tuple[str, ...]) -> None:
 @OVERRIDES
 def search(recipe: str, overrides: tuple[str, ...]) -> None:
     """Search every problem of the recipe's dataset once; write trees.jsonl and print accuracy."""
-    runner = _runner(recipe, overrides)
+    runner = make_runner(recipe, overrides)
     try:
         result = runner.search()
     finally:
@@ -212,171 +219,13 @@ def search(recipe: str, overrides: tuple[str, ...]) -> None:
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @OVERRIDES
-def compare(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Search with several strategies and budgets (the recipe's compare section); write a table and a plot."""
-    from rstar.compare import Comparison, fmt_ci, fmt_percent
-    from rstar.plugins import get_plugin_manager
-    from rstar.registry import get_registry
-
-    bar = _Progress()
-
-    def progress(event: str, payload: dict[str, Any]) -> None:
-        if event == "cell":
-            status = payload["status"]
-            if payload["changed"]:
-                status += f": changed {', '.join(payload['changed'])}"
-            console.print(
-                f"[bold]cell {payload['index']} of {payload['total']}[/]: {escape(str(payload['label']))}, "
-                f"samples={payload['budget']} ({escape(status)})"
-            )
-        bar(event, payload)
-
-    comparison = Comparison(
-        _load(recipe, overrides), get_registry(), get_plugin_manager(), source=recipe, progress=progress
-    )
-    try:
-        result = comparison.run()
-    finally:
-        bar.close()
-    table = Table(title="comparison")
-    columns = ("strategy", "budget", "problems", "accuracy", "CI", "tokens/problem", "policy calls", "seconds", "cell")
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("strategy", "cell") else "right")
-    for r in result.rows:
-        table.add_row(
-            r["strategy"],
-            str(r["budget"]),
-            str(r["problems"]),
-            fmt_percent(r["accuracy"]),
-            fmt_ci(r),
-            str(r["tokens_per_problem"]),
-            str(r["policy_calls"]),
-            str(r["seconds"]),
-            r["status"],
-        )
-    out.print(table)
-    if result.plot_note:
-        console.print(f"[yellow]{escape(result.plot_note)}[/]")
-    for path in result.files.values():
-        out.print(f"wrote {path}")
-
-
-@cli.command()
-@click.argument("sources", nargs=-1, type=click.Path(exists=True))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="output folder (default: SOURCE/extract)")
-@click.option(
-    "--import-sft", "import_sft", type=click.Path(exists=True, dir_okay=False), help="original rStar SFT file"
-)
-@click.option(
-    "--import-pairs", "import_pairs", type=click.Path(exists=True, dir_okay=False), help="original rStar PPM pair file"
-)
-@click.option("--prompt", default="sft", show_default=True, help="prompt template the records are rendered with")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="an extraction option, e.g. sft_top_k=4")
-def extract(
-    sources: tuple[str, ...],
-    out_dir: str | None,
-    import_sft: str | None,
-    import_pairs: str | None,
-    prompt: str,
-    settings: tuple[str, ...],
-) -> None:
-    """Trees -> SFT data and PPM preference pairs (sft.jsonl, pairs.jsonl).
-
-    SOURCES are trees.jsonl files or folders searched for them (a run, a round, a stage). Or convert
-    the original rStar's released files with --import-sft / --import-pairs.
-    """
-    from pathlib import Path
-
-    import yaml
-
-    from rstar.config import validate_options
-    from rstar.errors import ConfigError
-    from rstar.extract import ExtractOptions, extract_files, import_rstar_pairs, import_rstar_sft, write_jsonl
-    from rstar.steps import StepFormat
-
-    if not sources and not (import_sft or import_pairs):
-        raise ConfigError(["give trees (a run folder or trees.jsonl files) or --import-sft / --import-pairs"])
-    values: dict[str, Any] = {"prompt": prompt}
-    for item in settings:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError([f"--set {item!r}: expected KEY=VALUE"])
-        values[key] = yaml.safe_load(raw)
-    options = validate_options(ExtractOptions, values, "extract")
-    if out_dir is None:
-        first = Path(sources[0]) if sources else Path(import_sft or import_pairs or ".").parent
-        out_dir = str((first if first.is_dir() else first.parent) / "extract")
-    target = Path(out_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    if sources:
-        summary = extract_files([Path(s) for s in sources], target, options)
-        out.print(json.dumps(summary, indent=2))
-    if import_sft:
-        records = import_rstar_sft(Path(import_sft), StepFormat.from_options(prompt=prompt))
-        write_jsonl(target / "sft.jsonl", records)
-        out.print(f"imported {len(records)} SFT records")
-    if import_pairs:
-        pairs = import_rstar_pairs(Path(import_pairs))
-        write_jsonl(target / "pairs.jsonl", pairs)
-        out.print(f"imported {len(pairs)} preference pairs")
-    out.print(f"wrote {target}")
-
-
-@cli.command()
-@click.argument("kind", type=click.Choice(["sft", "ppm"]))
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@OVERRIDES
-@click.option("--round", "round_index", type=int, default=1, show_default=True, help="which round's data and folder")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False), help="training file (default: the round's)")
-@click.option("--init", "init_model", help="model to start from (default: as `rstar run` would)")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="output folder (default: the round's)")
-def train(
-    kind: str,
-    recipe: str,
-    overrides: tuple[str, ...],
-    round_index: int,
-    data: str | None,
-    init_model: str | None,
-    out_dir: str | None,
-) -> None:
-    """One training stage: the recipe's train_sft or train_ppm trainer on a round's data (resumable)."""
-    from pathlib import Path
-
-    from rstar.config import round_config
-
-    runner = _runner(recipe, overrides)
-    stage = f"train_{kind}"
-    cfg = round_config(runner.recipe, round_index)
-    if cfg.get(stage) is None:
-        from rstar.errors import ConfigError
-
-        raise ConfigError([f"{stage}: the recipe has no {stage!r} section, e.g. {stage}: {{name: {kind}}}"], recipe)
-    if data is None and init_model is None and out_dir is None:
-        result = runner.run_stage(stage, round_index)
-        out.print(json.dumps(result.summary, indent=2))
-        return
-    from rstar.registry import get_registry
-
-    round_dir = runner.output_dir / f"round_{round_index}"
-    data_path = Path(data) if data else round_dir / "extract" / ("sft.jsonl" if kind == "sft" else "pairs.jsonl")
-    if init_model is None:
-        sft = round_dir / "train_sft" / "model"
-        init_model = str(sft) if kind == "ppm" and sft.is_dir() else runner.base_model()
-    target = Path(out_dir) if out_dir else round_dir / stage
-    model = get_registry().build("trainer", cfg[stage]).fit(data_path, init_model, target)
-    out.print(f"model: {model}")
-
-
-@cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@OVERRIDES
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a recipe and every component's options; print every problem found."""
     from rstar.config import check_recipe
     from rstar.errors import ConfigError
     from rstar.registry import get_registry
 
-    data = _load(recipe, overrides)
+    data = load(recipe, overrides)
     problems = check_recipe(data, get_registry())
     if problems:
         raise ConfigError(problems, source=recipe)

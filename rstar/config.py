@@ -1,8 +1,12 @@
-"""Recipes: YAML loaded with OmegaConf, command-line overrides, and validation of every part.
+"""Recipes: YAML loaded with OmegaConf, command-line overrides, and validation of every part, once.
 
 A recipe names its components (``policy: {name: hf, model: ...}``); each component validates its
 own keys with its `Options` model, so an unknown or mistyped key is an error naming the key
-path and the allowed keys. `check_recipe` reports every problem of a recipe at once.
+path and the allowed keys. Plugins own further top-level sections (``extract``, ``train_sft``, ...,
+registered with the ``register_sections`` hook) and validate them the same way. `RecipeChecker`
+reports every problem of a recipe at once, or returns it as a typed `Recipe`: components as
+`ComponentSpec` (name + validated options), sections as their typed values, one `Recipe` per round.
+Nothing downstream validates again.
 
 Overrides (``rstar run RECIPE key=value ...``):
 
@@ -15,33 +19,20 @@ Interpolation (``${search.temperature}``, ``${oc.env:HOME}``) is OmegaConf's.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from rstar.errors import ConfigError, RstarError, UnknownComponentError
+from rstar.options import Options, _format_error, options_problems
 from rstar.registry import Registry
-
-
-class Options(BaseModel):
-    """Base class of component options: frozen, and any unknown key is an error."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def needs(self) -> tuple[str, ...]:
-        """Other sections of the recipe that a component with these options cannot run without, such as
-        ``("reward_model",)`` for a search ranked by one. `rstar validate` reports each one missing."""
-        return ()
-
-
-class NoOptions(Options):
-    """Options of a component that takes none."""
-
+from rstar.types import Budget
 
 # --- the recipe's own keys -----------------------------------------------------------------------
 
@@ -53,21 +44,7 @@ COMPONENT_KEYS: dict[str, str] = {
     "reward_model": "reward_model",
     "search": "search",
 }
-"""Recipe key → component kind, for the components every search needs."""
-
-STAGES = ("search", "search_unsolved", "extract", "train_sft", "train_ppm", "evaluate")
-"""Stages the runner knows, in the order a round usually runs them (see `rstar.runner`)."""
-
-TRAINER_KEYS = ("train_sft", "train_ppm")
-"""Recipe keys that name a trainer component; a stage of the same name needs its key."""
-
-
-class BudgetOptions(Options):
-    """What one search may spend on a problem (see `rstar.types.Budget`)."""
-
-    samples: int = Field(4, ge=1, description="the strategy's main knob: N, rollouts, beam width")
-    max_step_tokens: int = Field(512, ge=1, description="tokens per policy sample")
-    max_depth: int = Field(16, ge=1, description="steps per solution")
+"""Recipe key -> component kind, for the components every search needs."""
 
 
 class StepFormatOptions(Options):
@@ -87,43 +64,32 @@ class StepFormatOptions(Options):
     )
 
 
-class EvaluateOptions(Options):
-    """The ``evaluate`` stage: several searches of held-out problems with the round's models."""
-
-    dataset: dict[str, Any] | None = Field(None, description="the held-out problems (default: the round's dataset)")
-    runs: dict[str, dict[str, Any]] = Field(
-        min_length=1, description="label -> keys merged over the round's recipe (search, reward_model, budget, ...)"
-    )
-
-
 class RecipeOptions(Options):
-    """The top level of a recipe. Component sections are validated by their components."""
+    """The kernel's keys of a recipe: what one search needs. Component sections are validated by their
+    components, plugin sections by their plugins."""
 
     output_dir: str = Field(description="run folder; relative paths are relative to the current directory")
-    seed: int = 0
+    seed: int = Field(0, description="seed of every random choice of the run")
     max_in_flight: int = Field(64, ge=1, description="problems searched concurrently")
     max_batch: int = Field(256, ge=1, description="most requests the engine hands a component at once")
-    budget: BudgetOptions = BudgetOptions()
-    step_format: StepFormatOptions = StepFormatOptions()
-    dataset: dict[str, Any]
-    policy: dict[str, Any]
-    verifier: dict[str, Any] = {"name": "subprocess"}
-    answer_checker: dict[str, Any] = {"name": "math_verify"}
-    reward_model: dict[str, Any] | None = None
-    search: dict[str, Any]
+    budget: Budget = Field(default_factory=Budget, description="what one search may spend on a problem")
+    step_format: StepFormatOptions = Field(default_factory=StepFormatOptions, description="how prompts are rendered")
+    dataset: dict[str, Any] = Field(description="the problems: {name: jsonl, path: ...}")
+    policy: dict[str, Any] = Field(description="the policy model: {name: hf, model: ...}")
+    verifier: dict[str, Any] = Field(
+        default_factory=lambda: {"name": "subprocess"}, description="the sandbox that runs each step's code"
+    )
+    answer_checker: dict[str, Any] = Field(
+        default_factory=lambda: {"name": "math_verify"}, description="decides whether an answer is correct"
+    )
+    reward_model: dict[str, Any] | None = Field(None, description="scores partial solutions (a PPM); none by default")
+    search: dict[str, Any] = Field(description="the search strategy: {name: mcts, ...}")
     rounds: int | list[Any] = Field(1, description="number of rounds, or one mapping of overrides per round")
-    stages: list[str] = ["search"]
-    base_model: str | None = Field(
-        None, description="the model each round's SFT starts from (default: the top-level policy.model)"
-    )
-    search_unsolved: dict[str, Any] | None = Field(
-        None, description="keys merged over the round's recipe to search again the problems with no correct answer"
-    )
-    extract: dict[str, Any] = Field({}, description="options of the extract stage (rstar.extract.ExtractOptions)")
-    train_sft: dict[str, Any] | None = Field(None, description="the policy trainer, e.g. {name: sft, epochs: 2}")
-    train_ppm: dict[str, Any] | None = Field(None, description="the PPM trainer, e.g. {name: ppm}")
-    evaluate: EvaluateOptions | None = None
-    compare: dict[str, Any] | None = Field(None, description="the grid of `rstar compare` (rstar.compare)")
+    stages: list[str] = Field(default_factory=lambda: ["search"], description="the stages of each round, in order")
+
+
+def _kernel_default(key: str) -> Any:
+    return RecipeOptions.model_fields[key].get_default(call_default_factory=True)
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -189,149 +155,238 @@ def _omegaconf_message(exc: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
-# --- validation ----------------------------------------------------------------------------------------
+# --- the typed recipe -----------------------------------------------------------------------------
 
 
-def options_problems(model: type[BaseModel], data: Mapping[str, Any], path: str) -> list[str]:
-    """Every problem of ``data`` against ``model``, as ``"path.key: message (fix)"`` lines."""
-    try:
-        model.model_validate(dict(data))
-    except ValidationError as exc:
-        return [_format_error(model, err, path) for err in exc.errors()]
-    return []
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component of a recipe, validated: its kind, its registered name and its options."""
+
+    kind: str
+    name: str
+    options: Options
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{name: ..., **options}``, every option given (defaults included)."""
+        return {"name": self.name, **self.options.model_dump(mode="json")}
 
 
-def validate_options(model: type[Options], data: Mapping[str, Any], path: str) -> Any:
-    problems = options_problems(model, data, path)
-    if problems:
-        raise ConfigError(problems)
-    return model.model_validate(dict(data))
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe validated once: the kernel's keys, the components, the plugins' sections, and (for a
+    recipe with per-round overrides) one `Recipe` per round. ``data`` is the plain form it came from."""
+
+    data: Mapping[str, Any]
+    options: RecipeOptions
+    components: Mapping[str, ComponentSpec | None]
+    sections: Mapping[str, Any] = field(default_factory=dict)
+    rounds: tuple[Recipe, ...] = ()
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.options.output_dir)
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.options.stages)
+
+    @property
+    def num_rounds(self) -> int:
+        return len(self.rounds) if self.rounds else int(self.options.rounds)  # type: ignore[arg-type]
+
+    def component(self, key: str) -> ComponentSpec | None:
+        """The component under ``key`` (``policy``, ``reward_model``, ...); None for ``{name: none}``."""
+        return self.components.get(key)
+
+    def require(self, key: str) -> ComponentSpec:
+        spec = self.component(key)
+        if spec is None:
+            raise ConfigError([f"{key}: this recipe has no {key!r} section; add {key}: {{name: ...}}"])
+        return spec
+
+    def section(self, name: str) -> Any:
+        """The typed value of a plugin's section (None when the recipe leaves it out and it has no default)."""
+        return self.sections.get(name)
+
+    def round(self, round_index: int) -> Recipe:
+        """The recipe as round ``round_index`` (1-based) sees it: per-round overrides merged in."""
+        return self.rounds[round_index - 1] if self.rounds else self
 
 
-def _format_error(model: type[BaseModel], err: Mapping[str, Any], path: str) -> str:
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join([path, *loc]) if path else ".".join(loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, loc[:-1])
-        hint = f"unknown key; allowed keys: {', '.join(allowed)}" if allowed else "unknown key; this takes no options"
-        close = difflib.get_close_matches(loc[-1], allowed, n=1)
-        if close:
-            hint += f" (did you mean {close[0]!r}?)"
-        return f"{key}: {hint}"
-    if kind == "missing":
-        return f"{key}: required key is missing; add it"
-    got = err.get("input")
-    return f"{key}: {err['msg']} (got {got!r})"
+class RecipeChecker:
+    """Validates recipes against a registry: every problem at once, or a typed `Recipe`.
 
+    Sections registered by plugins get this checker, to validate component specs (`component`) and
+    derived recipes (`derived`) the same way the kernel does."""
 
-def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
-    current: Any = model
-    for part in loc:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            return []
-        current = field.annotation
-    return sorted(getattr(current, "model_fields", {}))
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.section_names = registry.names("section")
+
+    # --- pieces -------------------------------------------------------------------------------------
+
+    def options(self, model: type[Any], value: Any, path: str) -> tuple[Any, list[str]]:
+        """``value`` validated by the pydantic ``model``, or the problems under ``path``."""
+        try:
+            return model.model_validate(dict(value) if isinstance(value, Mapping) else value), []
+        except ValidationError as exc:
+            return None, [_format_error(model, err, path) for err in exc.errors()]
+
+    def component(self, kind: str, value: Any, path: str) -> tuple[ComponentSpec | None, list[str]]:
+        """A ``{name: ..., **options}`` spec of a ``kind`` component, validated (None for no component)."""
+        if value is None or is_none_component(value):
+            return None, []
+        if not isinstance(value, Mapping):
+            return None, [f"{path}: expected a mapping like {{name: ..., ...}} (got {value!r})"]
+        if "name" not in value:
+            return None, [f"{path}.name: required key is missing; one of: {', '.join(self.registry.names(kind))}"]
+        try:
+            model = self.registry.get(kind, str(value["name"])).options_model()
+        except UnknownComponentError as exc:
+            return None, [f"{path}.name: {exc}"]
+        except RstarError as exc:
+            return None, [f"{path}: {exc}"]
+        options, problems = self.options(model, {k: v for k, v in value.items() if k != "name"}, path)
+        return (ComponentSpec(kind, str(value["name"]), options) if options is not None else None), problems
+
+    def derived(self, data: Mapping[str, Any], over: Mapping[str, Any], path: str) -> tuple[Recipe | None, list[str]]:
+        """The one-search recipe ``over`` merged into ``data`` (`merge_over`), validated; its problems are
+        reported under ``path``."""
+        try:
+            merged = merge_over(data, over)
+        except (OmegaConfBaseException, ValueError) as exc:
+            return None, [f"{path}: cannot be merged over the recipe ({exc})"]
+        recipe, problems = self.recipe(merged)
+        return recipe, [f"{path}.{p}" for p in problems]
+
+    # --- a whole recipe -----------------------------------------------------------------------------
+
+    def recipe(self, data: Mapping[str, Any], *, with_rounds: bool = True) -> tuple[Recipe | None, list[str]]:
+        """Every problem of ``data``, and the typed recipe when there are none."""
+        problems: list[str] = []
+        kernel = {k: v for k, v in data.items() if k not in self.section_names}
+        options, own = self.options(RecipeOptions, kernel, "")
+        problems += [self._top_level_hint(p) for p in own]
+        components: dict[str, ComponentSpec | None] = {}
+        for key, kind in COMPONENT_KEYS.items():
+            value = data[key] if key in data else _kernel_default(key)
+            components[key], found = self.component(kind, value, key)
+            problems += found
+        problems += self._needs_problems(data, components)
+        problems += self._stage_problems(data)
+        sections: dict[str, Any] = {}
+        for name in self.section_names:
+            sections[name], found = self._section(name, data.get(name), data)
+            problems += found
+        rounds: list[Recipe] = []
+        if with_rounds and isinstance(data.get("rounds"), list):
+            for k, over in enumerate(data["rounds"], start=1):
+                if over is not None and not isinstance(over, Mapping):
+                    problems.append(f"rounds[{k}]: expected a mapping of keys to override (got {over!r})")
+                    continue
+                try:
+                    merged = round_config(data, k)
+                except (OmegaConfBaseException, ValueError) as exc:
+                    problems.append(f"rounds[{k}]: {exc}")
+                    continue
+                round_recipe, found = self.recipe(merged, with_rounds=False)
+                problems += [f"rounds[{k}].{p}" for p in found if p not in problems]
+                if round_recipe is not None:
+                    rounds.append(round_recipe)
+        if problems or options is None:
+            return None, problems
+        return Recipe(dict(data), options, components, sections, tuple(rounds)), []
+
+    def _top_level_hint(self, problem: str) -> str:
+        """An unknown top-level key: list the kernel's keys and the plugins' sections as allowed."""
+        key, _, rest = problem.partition(":")
+        if "." in key or not rest.startswith(" unknown key"):
+            return problem
+        allowed = sorted({*RecipeOptions.model_fields, *self.section_names})
+        hint = f"{key}: unknown key; allowed keys: {', '.join(allowed)}"
+        close = difflib.get_close_matches(key, allowed, n=1)
+        return hint + (f" (did you mean {close[0]!r}?)" if close else "")
+
+    def _section(self, name: str, value: Any, data: Mapping[str, Any]) -> tuple[Any, list[str]]:
+        try:
+            factory = self.registry.get("section", name).load()
+        except RstarError as exc:
+            return None, [f"{name}: {exc}"]
+        if isinstance(factory, type) and issubclass(factory, BaseModel):
+            if value is None:
+                try:
+                    return factory(), []  # the section's defaults
+                except ValidationError:
+                    return None, []  # a section with required keys, left out: a stage that needs it says so
+            return self.options(factory, value, name)
+        if value is None:
+            return None, []
+        typed, problems = factory(value, data, self, name)
+        return typed, list(problems)
+
+    def _stage_problems(self, data: Mapping[str, Any]) -> list[str]:
+        stages = data.get("stages", ["search"])
+        if not isinstance(stages, list):
+            return []  # reported by RecipeOptions
+        problems = []
+        known = self.registry.names("stage")
+        for i, stage in enumerate(stages):
+            if stage not in known:
+                close = difflib.get_close_matches(str(stage), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                listing = ", ".join(known) if known else "none (no installed plugin registers a stage)"
+                problems.append(f"stages[{i}]: unknown stage {stage!r}{hint}; known stages: {listing}")
+                continue
+            try:
+                needs = getattr(self.registry.get("stage", stage).load(), "needs", {})
+            except RstarError as exc:
+                problems.append(f"stages[{i}]: {exc}")
+                continue
+            for section, example in needs.items():
+                if data.get(section) is None:
+                    problems.append(
+                        f"stages[{i}]: stage {stage!r} needs a top-level {section!r} section, e.g. {section}: {example}"
+                    )
+        return problems
+
+    def _needs_problems(self, data: Mapping[str, Any], components: Mapping[str, ComponentSpec | None]) -> list[str]:
+        """Sections the recipe's components say they need (`Options.needs`) but the recipe lacks."""
+        problems = []
+        for key, spec in components.items():
+            if spec is None:
+                continue
+            for need in spec.options.needs():
+                if data.get(need) is None or is_none_component(data.get(need)):
+                    problems.append(
+                        f"{key}: {spec.kind} {spec.name!r} needs a {need!r} section, and the recipe has none; "
+                        f"add `{need}: {{name: ...}}` or choose another {spec.kind}"
+                    )
+        return problems
 
 
 def check_recipe(data: Mapping[str, Any], registry: Registry) -> list[str]:
-    """All problems of a loaded recipe: its own keys, each component's name and options, and the
-    same for every round's merged configuration (reported under ``rounds[k]``)."""
-    problems = _recipe_problems(data, registry)
-    rounds = data.get("rounds", 1)
-    if isinstance(rounds, list):
-        for k, over in enumerate(rounds, start=1):
-            if over is None or over == {}:
-                continue
-            if not isinstance(over, Mapping):
-                problems.append(f"rounds[{k}]: expected a mapping of keys to override (got {over!r})")
-                continue
-            try:
-                merged = round_config(data, k)
-            except (OmegaConfBaseException, ValueError) as exc:
-                problems.append(f"rounds[{k}]: {exc}")
-                continue
-            problems += [f"rounds[{k}].{p}" for p in _recipe_problems(merged, registry) if p not in problems]
-    return problems
+    """All problems of a loaded recipe: its own keys, each component's name and options, each plugin
+    section, and the same for every round's merged configuration (reported under ``rounds[k]``)."""
+    return RecipeChecker(registry).recipe(data)[1]
 
 
-def _recipe_problems(data: Mapping[str, Any], registry: Registry, nested: bool = True) -> list[str]:
-    problems = options_problems(RecipeOptions, data, "")
-    for key, kind in COMPONENT_KEYS.items():
-        problems += _component_problems(registry, kind, key, data.get(key))
-    for key in TRAINER_KEYS:
-        problems += _component_problems(registry, "trainer", key, data.get(key))
-    stages = data.get("stages", []) or []
-    for i, stage in enumerate(stages):
-        if stage not in STAGES:
-            close = difflib.get_close_matches(str(stage), STAGES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"stages[{i}]: unknown stage {stage!r}{hint}; known stages: {', '.join(STAGES)}")
-        elif stage in (*TRAINER_KEYS, "evaluate", "search_unsolved") and data.get(stage) is None:
-            example = {"train_sft": "{name: sft}", "train_ppm": "{name: ppm}"}.get(stage, "{...}")
-            problems.append(
-                f"stages[{i}]: stage {stage!r} needs a top-level {stage!r} section, e.g. {stage}: {example}"
-            )
-    problems += _needs_problems(data, registry)
-    if isinstance(data.get("extract"), Mapping):
-        from rstar.extract import ExtractOptions
-
-        problems += options_problems(ExtractOptions, data["extract"], "extract")
-    if nested and isinstance(data.get("compare"), Mapping):
-        from rstar.compare import grid_problems
-
-        problems += grid_problems(data, registry)
-    if nested:
-        for path, merged in derived_configs(data):
-            problems += [f"{path}.{p}" for p in _recipe_problems(merged, registry, nested=False)]
-    return problems
+def validated_recipe(data: Mapping[str, Any], registry: Registry, source: str | None = None) -> Recipe:
+    """Check a loaded recipe; raise `ConfigError` listing every problem, or return it typed."""
+    recipe, problems = RecipeChecker(registry).recipe(data)
+    if problems or recipe is None:
+        raise ConfigError(problems, source)
+    return recipe
 
 
-def _needs_problems(data: Mapping[str, Any], registry: Registry) -> list[str]:
-    """Sections the recipe's components say they need (`Options.needs`) but the recipe lacks."""
-    problems = []
-    for key, kind in COMPONENT_KEYS.items():
-        spec = data.get(key)
-        if not isinstance(spec, Mapping) or is_none_component(spec) or "name" not in spec:
-            continue
-        try:
-            model = registry.get(kind, str(spec["name"])).options_model()
-            options = model.model_validate({k: v for k, v in spec.items() if k != "name"})
-        except (RstarError, ValidationError):
-            continue  # reported by _component_problems
-        for need in options.needs() if isinstance(options, Options) else ():
-            if data.get(need) is None or is_none_component(data.get(need)):
-                problems.append(
-                    f"{key}: {kind} {spec['name']!r} needs a {need!r} section, and the recipe has none; "
-                    f"add `{need}: {{name: ...}}` or choose another {kind}"
-                )
-    return problems
-
-
-def derived_configs(data: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The recipes that stages derive from ``data``: ``search_unsolved`` and each ``evaluate`` run,
-    as ``(key path, merged recipe)``. Malformed sections are left to the recipe's own validation."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    over = data.get("search_unsolved")
-    if isinstance(over, Mapping):
-        out.append(("search_unsolved", merge_over(data, over)))
-    evaluate = data.get("evaluate")
-    if isinstance(evaluate, Mapping) and isinstance(evaluate.get("runs"), Mapping):
-        for label, run in evaluate["runs"].items():
-            if isinstance(run, Mapping):
-                extra = {"dataset": evaluate["dataset"]} if evaluate.get("dataset") is not None else {}
-                out.append((f"evaluate.runs.{label}", merge_over(data, {**extra, **run})))
-    return out
-
-
-DERIVED_DROP = ("rounds", "stages", "search_unsolved", "evaluate", "compare", "train_sft", "train_ppm")
-"""Keys a derived search recipe does not inherit (it is one search, not a pipeline)."""
+# --- merging ---------------------------------------------------------------------------------------
 
 
 def merge_over(data: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` merged into ``data`` (mappings merge key by key, as rounds do), as one search recipe."""
-    merged = _merge({k: v for k, v in data.items() if k not in DERIVED_DROP}, over)
+    """``over`` merged into the kernel keys of ``data`` (mappings merge key by key, as rounds do): one
+    search recipe. ``rounds``, ``stages`` and plugin sections are not inherited (a derived recipe is
+    one search, not a pipeline)."""
+    kept = {k: v for k, v in data.items() if k in RecipeOptions.model_fields and k not in ("rounds", "stages")}
+    merged = _merge(kept, over)
     out = OmegaConf.to_container(merged, resolve=True)
     assert isinstance(out, dict)
     return out  # type: ignore[return-value]
@@ -341,8 +396,8 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> DictConfig:
     """OmegaConf's merge, except that a component given with another ``name`` replaces the base's
     component instead of inheriting its options (``reward_model: {name: none}`` means none)."""
     base = dict(base)
-    for key in (*COMPONENT_KEYS, *TRAINER_KEYS):
-        new, old = over.get(key), base.get(key)
+    for key, new in over.items():
+        old = base.get(key)
         if isinstance(new, Mapping) and isinstance(old, Mapping) and "name" in new and new["name"] != old.get("name"):
             del base[key]
     merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(dict(over)))
@@ -350,35 +405,9 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> DictConfig:
     return merged
 
 
-def _component_problems(registry: Registry, kind: str, key: str, spec: Any) -> list[str]:
-    if spec is None or is_none_component(spec):
-        return []
-    if not isinstance(spec, Mapping):
-        return [f"{key}: expected a mapping like {{name: ..., ...}} (got {spec!r})"]
-    if "name" not in spec:
-        return [f"{key}.name: required key is missing; one of: {', '.join(registry.names(kind))}"]
-    try:
-        reg = registry.get(kind, str(spec["name"]))
-        model = reg.options_model()
-    except UnknownComponentError as exc:
-        return [f"{key}.name: {exc}"]
-    except RstarError as exc:
-        return [f"{key}: {exc}"]
-    options = {k: v for k, v in spec.items() if k != "name"}
-    return options_problems(model, options, key)
-
-
 def is_none_component(spec: Any) -> bool:
     """``{name: none}`` means "no component" (e.g. no reward model), like leaving the key out."""
     return isinstance(spec, Mapping) and spec.get("name") == "none" and len(spec) == 1
-
-
-def validated_recipe(data: Mapping[str, Any], registry: Registry, source: str | None = None) -> RecipeOptions:
-    """Check a loaded recipe; raise `ConfigError` listing every problem, or return its options."""
-    problems = check_recipe(data, registry)
-    if problems:
-        raise ConfigError(problems, source)
-    return RecipeOptions.model_validate(dict(data))
 
 
 def round_config(data: Mapping[str, Any], round_index: int) -> dict[str, Any]:
@@ -394,6 +423,23 @@ def round_config(data: Mapping[str, Any], round_index: int) -> dict[str, Any]:
     return out  # type: ignore[return-value]
 
 
-def num_rounds(data: Mapping[str, Any]) -> int:
-    rounds = data.get("rounds", 1)
-    return len(rounds) if isinstance(rounds, list) else int(rounds)
+SectionCheck = Callable[[Any, Mapping[str, Any], RecipeChecker, str], tuple[Any, Sequence[str]]]
+"""The form of a section registered as a function: ``check(value, data, checker, path)``."""
+
+__all__ = [
+    "COMPONENT_KEYS",
+    "ComponentSpec",
+    "Recipe",
+    "RecipeChecker",
+    "RecipeOptions",
+    "SectionCheck",
+    "StepFormatOptions",
+    "apply_overrides",
+    "check_recipe",
+    "is_none_component",
+    "load_recipe",
+    "merge_over",
+    "options_problems",
+    "round_config",
+    "validated_recipe",
+]

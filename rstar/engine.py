@@ -8,7 +8,8 @@ batch per "round" of requests from all problems at once, with no barrier between
 different depths.
 
 A backend that batches on its own (an HTTP server with continuous batching, an async engine) says
-so with a ``batches_itself = True`` attribute; its requests are then sent as they come.
+so with a ``batches_itself = True`` attribute; its requests are then sent as they come. The
+concurrency each component kind receives is written on its protocol (`rstar.interfaces`).
 
 Results never depend on batching: each problem's randomness comes from a seed derived from
 ``(run seed, problem id)``, and every policy request carries its own seed drawn from it.
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from rstar.errors import RstarError
-from rstar.interfaces import AnswerChecker, PolicyBackend, RewardModel, SearchStrategy, StepVerifier
+from rstar.interfaces import AnswerChecker, PolicyBackend, RewardModel, SearchContext, SearchStrategy, StepVerifier
 from rstar.steps import StepFormat
 from rstar.types import (
     Budget,
@@ -228,7 +229,7 @@ class Engine:
                     index = next_index
                     next_index += 1
                     problem = queue[index]
-                    tree = await strategy.search(problem, SearchContext(self, problem, step_format, budget))
+                    tree = await strategy.search(problem, ProblemContext(self, problem, step_format, budget))
                     trees[index] = tree
                     if on_tree is not None:
                         on_tree(tree)
@@ -251,9 +252,8 @@ class Engine:
         return [trees[i] for i in range(len(queue))]
 
 
-class SearchContext:
-    """What a strategy gets for one problem: batched component calls, the step format, the budget,
-    seeded randomness, and usage accounting in the units every strategy reports."""
+class ProblemContext:
+    """The engine's `rstar.interfaces.SearchContext` for one problem: its calls join the engine's batches."""
 
     def __init__(self, engine: Engine, problem: Problem, step_format: StepFormat, budget: Budget) -> None:
         self._engine = engine
@@ -309,3 +309,6 @@ class SearchContext:
 
 def _with_seed(request: GenerationRequest, seed: int) -> GenerationRequest:
     return replace(request, seed=seed)
+
+
+__all__ = ["Batcher", "BatcherStats", "Components", "Engine", "ProblemContext", "SearchContext", "problem_seed"]

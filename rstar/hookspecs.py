@@ -2,12 +2,12 @@
 
 There are two families:
 
-* **Registration hooks** are called once, when the component registry is built. Each receives a
-  ``register(name, factory, description="")`` callback. ``factory`` is a class or callable taking the
-  component's validated options, or a lazy ``"module:attr"`` string that is imported only when a
-  recipe uses the component, so that listing plugins imports nothing heavy. A factory may carry an
-  ``Options`` attribute: a pydantic model (see `rstar.config.Options`) that validates the
-  component's keys in a recipe.
+* **Registration hooks** are called once, when the component registry is built, by keyword: each
+  implementation receives a ``register(name, factory, description="")`` callback (`RegisterFn`).
+  ``factory`` is a class or callable taking the component's validated options, or a lazy
+  ``"module:attr"`` string that is imported only when a recipe uses the component, so that listing
+  plugins imports nothing heavy. A factory may carry an ``Options`` attribute: a pydantic model that
+  validates the component's keys in a recipe (see `rstar.options.Options`).
 * **Lifecycle hooks** observe a run; they never do per-node work and their return values are ignored.
 
 Hooks discover and observe. Work on nodes goes through the components' batch methods.
@@ -15,16 +15,23 @@ Hooks discover and observe. Work on nodes goes through the components' batch met
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
-    from rstar.registry import RegisterFn
-    from rstar.runner import RunInfo
-    from rstar.types import Tree
+    from rstar.types import RunInfo, Tree
 
 hookspec = pluggy.HookspecMarker("rstar")
+
+
+class RegisterFn(Protocol):
+    """The ``register`` callback handed to registration hooks: ``register(name, factory, description="")``.
+
+    ``factory`` is the component's class (or any callable taking its validated options), or a lazy
+    ``"package.module:attr"`` string imported only when a recipe uses the component."""
+
+    def __call__(self, name: str, factory: Any, description: str = "") -> None: ...
 
 
 @hookspec
@@ -89,6 +96,29 @@ def register_datasets(register: RegisterFn) -> None:
     """Register dataset loaders (`rstar.interfaces.Dataset`) that yield problems.
 
     Called once when the registry is built. Recipes use one as ``dataset: {name: NAME, ...}``.
+    """
+
+
+@hookspec
+def register_stages(register: RegisterFn) -> None:
+    """Register stages (`rstar.interfaces.Stage`): the named steps of a round that a recipe lists in
+    ``stages: [...]``, such as ``search``, ``extract``, ``train_sft``.
+
+    Called once when the registry is built. ``factory`` is the stage's class, built with no arguments.
+    A stage's ``needs`` (section -> example) lists the recipe sections it cannot run without.
+    """
+
+
+@hookspec
+def register_sections(register: RegisterFn) -> None:
+    """Register top-level recipe sections that a plugin owns (``extract:``, ``train_sft:``, ...).
+
+    Called once when the registry is built. ``factory`` validates the section's value, once, when the
+    recipe is loaded: an `rstar.options.Options` model (for a mapping of keys), or a function
+    ``check(value, data, checker, path) -> (typed value, problems)`` (``data``: the whole recipe) given a
+    `rstar.config.RecipeChecker` to
+    validate component specs or derived recipes with. Stages read the typed value with
+    ``ctx.recipe.section(name)``; a recipe key no kernel field and no plugin section claims is an error.
     """
 
 

@@ -7,17 +7,17 @@ A factory is a class or callable taking the component's validated options, or a 
 from __future__ import annotations
 
 import difflib
-import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from rstar.errors import RstarError, UnknownComponentError
+from rstar.hookspecs import RegisterFn
+from rstar.options import NoOptions, Options, validate_options
 
 if TYPE_CHECKING:
     import pluggy
-
-    from rstar.config import Options
 
 KINDS: dict[str, str] = {
     "policy": "register_policies",
@@ -27,26 +27,19 @@ KINDS: dict[str, str] = {
     "trainer": "register_trainers",
     "answer_checker": "register_answer_checkers",
     "dataset": "register_datasets",
+    "stage": "register_stages",
+    "section": "register_sections",
     "command": "register_commands",
 }
 """Component kind → the registration hook that fills it."""
 
 
-class RegisterFn(Protocol):
-    """The ``register`` callback handed to registration hooks."""
-
-    def __call__(self, name: str, factory: Any, description: str = "") -> None: ...
-
-
 def import_string(path: str) -> Any:
-    """Import ``"package.module:attr"`` (``attr`` may be dotted)."""
+    """Import ``"package.module:attr"`` (``attr`` may be dotted), with `pkgutil.resolve_name`."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"expected 'module:attr', got {path!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return pkgutil.resolve_name(path)
 
 
 @dataclass(frozen=True)
@@ -75,9 +68,7 @@ class Registration:
 
     def options_model(self) -> type[Options]:
         """The pydantic model that validates this component's recipe keys."""
-        from rstar.config import NoOptions
-
-        return getattr(self.load(), "Options", NoOptions)
+        return getattr(self.load(), "Options", NoOptions)  # type: ignore[no-any-return]
 
 
 class Registry:
@@ -90,18 +81,21 @@ class Registry:
 
     @classmethod
     def from_plugin_manager(cls, pm: pluggy.PluginManager) -> Registry:
+        """Call every registration hook through pluggy, one plugin at a time (so that each registration
+        knows its plugin), with ``register`` passed by keyword."""
         registry = cls()
+        plugins = [plugin for _, plugin in pm.list_name_plugin() if plugin is not None]
         for kind, hook_name in KINDS.items():
-            hook = getattr(pm.hook, hook_name)
-            for impl in hook.get_hookimpls():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 plugin_name = impl.plugin_name
+                hook = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in plugins if p is not impl.plugin])
 
                 def register(
                     name: str, factory: Any, description: str = "", _kind: str = kind, _plugin: str = plugin_name
                 ) -> None:
                     registry.add(Registration(_kind, name, factory, _plugin, description))
 
-                impl.function(register)
+                hook(register=register)
         return registry
 
     def add(self, reg: Registration) -> None:
@@ -140,22 +134,22 @@ class Registry:
             msg += f" No installed plugin registers a {kind}."
         return msg
 
-    def build(self, kind: str, spec: Mapping[str, Any], **context: Any) -> Any:
-        """Validate ``spec`` (``{name: ..., **options}``) and construct the component.
+    def build(self, kind: str, spec: Any) -> Any:
+        """Construct a component: ``factory(options)``.
 
-        The factory is called as ``factory(options, **context)`` when it accepts extra keywords
-        the caller passes (none by default), else ``factory(options)``.
+        ``spec`` is a validated `rstar.config.ComponentSpec` (a recipe's component, validated once when
+        the recipe was loaded), or a plain ``{name: ..., **options}`` mapping, validated here.
         """
-        from rstar.config import validate_options
-
-        spec = dict(spec)
-        name = spec.pop("name", None)
+        if not isinstance(spec, Mapping):
+            factory: Callable[..., Any] = self.get(kind, spec.name).load()
+            return factory(spec.options)
+        options = dict(spec)
+        name = options.pop("name", None)
         if name is None:
             raise RstarError(f"{kind}: missing 'name' (one of: {', '.join(self.names(kind))})")
         reg = self.get(kind, str(name))
-        factory: Callable[..., Any] = reg.load()
-        options = validate_options(reg.options_model(), spec, path=kind)
-        return factory(options, **context)
+        factory = reg.load()
+        return factory(validate_options(reg.options_model(), options, path=kind))
 
 
 def get_registry() -> Registry:
@@ -169,3 +163,5 @@ def get_registry() -> Registry:
 
 
 _REGISTRY: Registry | None = None
+
+__all__ = ["KINDS", "RegisterFn", "Registration", "Registry", "get_registry", "import_string"]

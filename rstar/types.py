@@ -9,7 +9,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+import pydantic.dataclasses
+from pydantic import ConfigDict, Field
 
 T = TypeVar("T", bound="JsonData")
 
@@ -164,18 +168,18 @@ class Usage(JsonData):
         return Usage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)})
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Budget(JsonData):
-    """The compute a strategy may spend on one problem.
+    """The compute a strategy may spend on one problem; a recipe's ``budget`` section.
 
     ``samples`` is the strategy's main knob (N of best-of-N, rollouts of MCTS, beam width, ...), the
     x-axis of ``rstar compare``. ``max_step_tokens`` caps one policy sample; ``max_depth`` the number
     of steps of one solution.
     """
 
-    samples: int = 4
-    max_step_tokens: int = 512
-    max_depth: int = 16
+    samples: Annotated[int, Field(ge=1, description="the strategy's main knob: N, rollouts, beam width")] = 4
+    max_step_tokens: Annotated[int, Field(ge=1, description="tokens per policy sample")] = 512
+    max_depth: Annotated[int, Field(ge=1, description="steps per solution")] = 16
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,18 @@ class Tree(JsonData):
             if n.id == node_id:
                 return n
         raise KeyError(node_id)
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What lifecycle hooks learn about a run: its folder and its recipe as written to ``config.yaml``."""
+
+    output_dir: Path
+    recipe: Mapping[str, Any]
+    source: str | None = None
 
 
 _NESTED: dict[tuple[str, str], type[JsonData]] = {

@@ -11,14 +11,11 @@ import json
 import sys
 
 import pytest
+import rstar_pipeline.compare as compare_module
 import yaml
 from click.testing import CliRunner
 from conftest import FakeExactChecker, FakeInProcessVerifier
-
-import rstar.compare as compare_module
-from rstar import hookimpl
-from rstar.cli import cli
-from rstar.compare import (
+from rstar_pipeline.compare import (
     COLUMNS,
     CompareOptions,
     Comparison,
@@ -27,10 +24,13 @@ from rstar.compare import (
     merge_strategy,
     plan_cells,
 )
+
+from rstar import hookimpl
+from rstar.cli import cli
 from rstar.errors import ConfigError
 from rstar.plugins import make_plugin_manager
 from rstar.registry import Registry
-from rstar.runner import DONE
+from rstar.rundir import DONE
 
 
 class Fakes:

@@ -31,6 +31,8 @@ RECIPE_SECTIONS = {
     "search": "Search strategies",
     "reward_model": "Reward models",
     "trainer": "Trainers",
+    "stage": "Stages",
+    "section": "Pipeline sections",
 }
 """Component kind → the ``###`` section of recipes.md that documents the bundled components of that kind."""
 

@@ -13,11 +13,7 @@ import pytest
 from conftest import SHARED_DATA, FakeExactChecker, FakeInProcessVerifier
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rstar_search.mcts import MCTS, MCTSOptions
-
-from rstar.engine import Components, Engine
-from rstar.errors import ConfigError, DataError, RstarError
-from rstar.extract import (
+from rstar_pipeline.extract import (
     ExtractOptions,
     edit_distance,
     extract,
@@ -29,6 +25,10 @@ from rstar.extract import (
     sft_records,
     write_jsonl,
 )
+from rstar_search.mcts import MCTS, MCTSOptions
+
+from rstar.engine import Components, Engine
+from rstar.errors import ConfigError, DataError, RstarError
 from rstar.steps import TOO_MANY_ERRORS, TOO_MANY_STEPS, StepFormat, extract_program
 from rstar.testing import ScriptedPolicy
 from rstar.testing.worlds import adder

@@ -109,7 +109,7 @@ def test_options_reject_unknown_keys() -> None:
 
 
 def test_registered_as_hf_policy(rstar_registry: Any) -> None:
-    from rstar.config import options_problems
+    from rstar.options import options_problems
 
     assert rstar_registry.get("policy", "hf").options_model() is HFPolicy.Options
     problems = options_problems(HFPolicy.Options, {"model": "m", "max_batch_row": 8}, "policy")

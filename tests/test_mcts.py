@@ -596,7 +596,8 @@ def test_results_do_not_depend_on_the_number_of_problems_in_flight():
 def test_end_to_end_through_the_runner(tmp_path, adder_jsonl):
     from rstar.plugins import make_plugin_manager
     from rstar.registry import Registry
-    from rstar.runner import Runner, read_trees
+    from rstar.rundir import read_trees
+    from rstar.runner import Runner
 
     recipe = {
         "output_dir": str(tmp_path / "run"),

@@ -7,8 +7,8 @@ import types
 import pytest
 
 from rstar import hookimpl
-from rstar.config import NoOptions
 from rstar.errors import RstarError, UnknownComponentError
+from rstar.options import NoOptions
 from rstar.plugins import make_plugin_manager, plugin_versions
 from rstar.registry import KINDS, Registry
 
@@ -35,7 +35,7 @@ def test_unknown_name_lists_available_names_with_plugins_and_closest_match(rstar
 
 
 def test_lazy_factories_are_imported_only_when_built(make_registry):
-    plugin = types.SimpleNamespace()
+    plugin = types.ModuleType("plugin")
 
     @hookimpl
     def register_verifiers(register):
@@ -55,7 +55,7 @@ def test_build_validates_options_and_passes_them(make_registry):
         def __init__(self, options):
             self.options = options
 
-    plugin = types.SimpleNamespace()
+    plugin = types.ModuleType("plugin")
 
     @hookimpl
     def register_reward_models(register):

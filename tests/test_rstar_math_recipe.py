@@ -20,7 +20,8 @@ from conftest import adder_problems
 from rstar.config import load_recipe
 from rstar.plugins import get_plugin_manager
 from rstar.registry import get_registry
-from rstar.runner import DONE, Runner, read_trees
+from rstar.rundir import DONE, read_trees
+from rstar.runner import Runner
 
 pytest.importorskip("lightning")
 pytest.importorskip("transformers")

@@ -12,7 +12,8 @@ from rstar import hookimpl
 from rstar.errors import ConfigError
 from rstar.plugins import make_plugin_manager
 from rstar.registry import Registry
-from rstar.runner import DONE, Runner, read_trees
+from rstar.rundir import DONE, read_trees
+from rstar.runner import Runner
 
 
 @pytest.fixture
@@ -173,7 +174,7 @@ def test_same_results_whatever_the_number_in_flight(recipe, tmp_path):
 
 
 def test_plugin_objects_are_usable_as_components(recipe, make_registry):
-    plugin = types.SimpleNamespace()
+    plugin = types.ModuleType("plugin")
     assert make_registry(plugin).names("search")
 
 

@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
+from rstar_pipeline.extract import ExtractOptions, sft_records
 from rstar_search.mcts import MCTSOptions, _Node, _Search
 from test_extract import DEFAULTS, SFT, node, path_text, right, tree, wrong
 from test_mcts import PROBLEM, _FakeCtx, partial, search, stats, world
-
-from rstar.extract import ExtractOptions, sft_records
 
 # --- 4.9: the chosen answer among equal-Q answers --------------------------------------------------------
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import Field
 
-from rstar.config import Options
 from rstar.errors import DataError, MissingExtraError
+from rstar.options import Options
 from rstar.types import Problem
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rstar.config import Options
+from rstar.options import Options
 from rstar.types import Problem
 
 Op = Literal["+", "-", "*"]

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from rstar.config import Options
-from rstar.engine import SearchContext
 from rstar.errors import ConfigError
+from rstar.interfaces import SearchContext
+from rstar.options import Options
 from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Tree
 from rstar_search.expand import StepNode, make_steps, post_filter
 

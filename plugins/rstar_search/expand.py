@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from rstar.engine import SearchContext
+from rstar.interfaces import SearchContext
 from rstar.steps import ANSWER_END, CODE_END, OUTPUT, OUTPUT_END, TOO_MANY_ERRORS, TOO_MANY_STEPS
 from rstar.types import CodeJob, Sample
 

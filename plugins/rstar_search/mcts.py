@@ -45,8 +45,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from rstar.config import Options
-from rstar.engine import SearchContext, problem_seed
+from rstar.engine import problem_seed
+from rstar.interfaces import SearchContext
+from rstar.options import Options
 from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Tree
 from rstar_search.expand import StepNode, make_steps, post_filter
 from rstar_search.vote import PooledVote, top_n_vote

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from rstar.config import Options
-from rstar.engine import SearchContext
+from rstar.interfaces import SearchContext
+from rstar.options import Options
 from rstar.steps import STOPS_BLOCK
 from rstar.types import GenerationRequest, Node, Problem, RewardRequest, Tree
 from rstar_search.expand import StepResult, make_steps

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from rstar.engine import SearchContext
+from rstar.interfaces import SearchContext
 from rstar_search.sampling import equivalence_groups
 
 PooledVote = Literal["best", "majority", "weighted"]

@@ -28,8 +28,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from rstar.backends import Dtype, encoder_of, fit_tokens, load_hf_tokenizer, release_gpu_memory, report_cut
-from rstar.config import Options
 from rstar.errors import MissingExtraError, RstarError
+from rstar.options import Options
 from rstar.reward import reward_text, transform_option
 from rstar.types import RewardRequest
 

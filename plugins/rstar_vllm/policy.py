@@ -43,8 +43,8 @@ from rstar.backends import (
     skipped_result,
     stop_sample,
 )
-from rstar.config import Options
 from rstar.errors import MissingExtraError, RstarError
+from rstar.options import Options
 from rstar.types import GenerationRequest, GenerationResult, Sample
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from rstar.backends import find_stop
-from rstar.config import Options
+from rstar.options import Options
 from rstar.registry import import_string
 from rstar.types import GenerationRequest, GenerationResult, RewardRequest, Sample
 

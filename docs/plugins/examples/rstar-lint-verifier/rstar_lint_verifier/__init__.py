@@ -8,9 +8,8 @@ from typing import Any
 
 from pydantic import Field
 
-from rstar import hookimpl
-from rstar.config import Options
-from rstar.registry import RegisterFn, get_registry
+from rstar import Options, RegisterFn, hookimpl
+from rstar.registry import get_registry
 from rstar.types import CodeJob, Verdict
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +52,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from rstar.config import Options
 from rstar.errors import ConfigError, DataError, RstarError
+from rstar.options import Options
+from rstar.rundir import read_jsonl, read_trees, write_jsonl
 from rstar.steps import SENTINELS, TOO_MANY_ERRORS, StepFormat
 from rstar.types import Node, Tree
 
@@ -443,8 +443,6 @@ def extract_files(sources: Sequence[Path], out_dir: Path, options: ExtractOption
 
     Returns the counts of `extract` and the tree files read (the caller writes them as a summary).
     """
-    from rstar.runner import read_trees  # the runner's extract stage imports this module
-
     files = tree_files(sources)
 
     def trees() -> Iterator[Tree]:
@@ -458,35 +456,6 @@ def extract_files(sources: Sequence[Path], out_dir: Path, options: ExtractOption
 
 
 # --- files ---------------------------------------------------------------------------------------
-
-
-def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Write one JSON object per line, atomically (a temporary file renamed over ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The objects of a JSON-lines file (blank lines skipped); errors name the file and line."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{i}: not a JSON line ({exc})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{i}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
 
 
 def _load_records(path: Path) -> list[Any]:

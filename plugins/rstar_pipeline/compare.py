@@ -46,10 +46,12 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import ConfigDict, Field, PositiveInt
 
-from rstar.config import Options, check_recipe, merge_over, options_problems
+from rstar.config import Recipe, RecipeChecker, check_recipe, merge_over
 from rstar.errors import ConfigError
+from rstar.options import Options, options_problems
 from rstar.registry import Registry
-from rstar.runner import DONE, ComponentCache, Runner, changed_keys, read_trees, search_summary, write_atomic
+from rstar.rundir import DONE, changed_keys, read_summary, read_trees, write_atomic
+from rstar.runner import ComponentCache, Runner, search_summary
 from rstar.types import Tree
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -119,6 +121,7 @@ class Cell:
     budget: int
     recipe: dict[str, Any]
     folder: Path
+    validated: Recipe
 
 
 @dataclass
@@ -141,8 +144,8 @@ def compare_section(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 def merge_strategy(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
     """A strategy's recipe: its entry (``budgets`` aside) merged over the recipe with
-    `rstar.config.merge_over`, which drops the pipeline keys (``compare``, ``rounds``, ``stages``, ...)
-    and lets a component section that names another component replace the base's section."""
+    `rstar.config.merge_over`, which keeps only the kernel's keys (no ``compare``, ``rounds``, ``stages``,
+    plugin sections) and lets a component section that names another component replace the base's section."""
     return merge_over(base, {k: v for k, v in entry.items() if k != "budgets"})
 
 
@@ -189,16 +192,30 @@ def grid_problems(data: Mapping[str, Any], registry: Registry) -> list[str]:
     return problems
 
 
+def check_section(
+    value: Any, data: Mapping[str, Any], checker: RecipeChecker, path: str
+) -> tuple[CompareOptions | None, list[str]]:
+    """The ``compare`` section, as registered with ``register_sections``: its options and its grid's problems."""
+    problems = grid_problems({**data, "compare": value}, checker.registry)
+    if problems:
+        return None, problems
+    return CompareOptions.model_validate(dict(value)), []
+
+
 def compare_problems(data: Mapping[str, Any], registry: Registry) -> list[str]:
-    """Every problem of a compare recipe, at once: the recipe as a whole (`rstar.config.check_recipe`:
-    the base keys, each reported once) and its grid (`grid_problems`)."""
-    problems = check_recipe(data, registry)
+    """Every problem of a compare recipe, at once: the recipe as a whole (`rstar.config.check_recipe`,
+    which checks the grid through `check_section`) and a missing ``compare`` section."""
+    return _checked(data, RecipeChecker(registry))[1]
+
+
+def _checked(data: Mapping[str, Any], checker: RecipeChecker) -> tuple[Recipe | None, list[str]]:
+    recipe, problems = checker.recipe(data)
     if compare_section(data) is None:
         problems.append(
             "compare: required section is missing; add compare: {budgets: [...], strategies: {label: {...}}} "
             "(see docs/concepts/compare.md)"
         )
-    return problems + [p for p in grid_problems(data, registry) if p not in problems]
+    return recipe, problems
 
 
 def _top_key(problem: str) -> str:
@@ -210,19 +227,22 @@ def plan_cells(
 ) -> tuple[CompareOptions, list[Cell]]:
     """Check a compare recipe (raising `ConfigError` with every problem) and list its cells: the
     strategies in recipe order, each strategy's budgets in increasing order."""
-    problems = compare_problems(data, registry)
-    if problems:
+    checker = RecipeChecker(registry)
+    recipe, problems = _checked(data, checker)
+    if problems or recipe is None:
         raise ConfigError(problems, source)
-    section = compare_section(data)
-    assert section is not None
-    options = CompareOptions.model_validate(dict(section))
-    root = Path(str(data["output_dir"]))
+    options: CompareOptions = recipe.section("compare")
+    root = recipe.output_dir
     cells: list[Cell] = []
     for label, entry in options.strategies.items():
         merged = merge_strategy(data, entry)
         for budget in sorted(set(entry.get("budgets") or options.budgets)):
             folder = root / "cells" / label / f"samples_{budget}"
-            cells.append(Cell(label, budget, with_budget(merged, budget, folder), folder))
+            cell_recipe = with_budget(merged, budget, folder)
+            validated, problems = checker.recipe(cell_recipe)
+            if validated is None:  # checked with budget 1 by grid_problems; another budget can still fail
+                raise ConfigError([f"compare.strategies.{label} (samples={budget}): {p}" for p in problems], source)
+            cells.append(Cell(label, budget, cell_recipe, folder, validated))
     return options, cells
 
 
@@ -308,9 +328,9 @@ class Comparison:
                 payload = {"index": index, "total": len(self.cells), "label": cell.label, "budget": cell.budget}
                 self.progress("cell", {**payload, "status": status, "changed": changed, "folder": cell.folder})
                 if status == "reused":
-                    summary = json.loads((cell.folder / "search" / "summary.json").read_text(encoding="utf-8"))
+                    summary = read_summary(cell.folder / "search")
                 else:
-                    runner = Runner(cell.recipe, self.registry, self.pm, self.source, self.progress, cache=cache)
+                    runner = Runner(cell.validated, self.registry, self.pm, self.source, self.progress, cache=cache)
                     summary = runner.search().summary
                 trees = list(read_trees(cell.folder / "search" / "trees.jsonl").values())
                 row = cell_row(cell, trees, float(summary.get("seconds", 0.0)), self.options)

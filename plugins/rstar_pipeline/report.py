@@ -1,7 +1,8 @@
 """The per-round report of a run: ``report.md`` (a table per round) and ``report.png`` (a plot).
 
-Written into the run folder by the runner after every round, from the stages' ``summary.json``
-files alone, so it can also be rebuilt for any run folder: ``rstar.report.write_report(folder)``.
+Written into the run folder after every round (this plugin's ``round_end`` hook), from the stages'
+``summary.json`` files alone, so it can also be rebuilt for any run folder:
+``rstar_pipeline.report.write_report(folder)``.
 
 One row per round: problems searched and solved (at least one correct answer in the tree), the
 search's accuracy (its chosen answers), SFT examples and PPM pairs extracted, the trainers'
@@ -12,9 +13,10 @@ final metrics, and the accuracy of each ``evaluate`` run. The plot shows the eva
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from rstar.rundir import write_atomic
 
 COLUMNS = (
     ("round", "round"),
@@ -112,9 +114,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
     else:
         text += "\n(no plot: install matplotlib, e.g. `pip install 'rstar[plot]'`)\n"
     path = run_dir / "report.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return path
 
 

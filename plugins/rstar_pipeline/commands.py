@@ -1,0 +1,162 @@
+"""The pipeline's commands: ``rstar extract``, ``rstar train`` and ``rstar compare``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from rich.markup import escape
+from rich.table import Table
+
+from rstar.cli import OVERRIDES, Progress, console, load, make_runner, out
+from rstar.errors import ConfigError
+from rstar.options import validate_options
+from rstar.rundir import write_jsonl
+from rstar.runner import StageRun
+from rstar.steps import StepFormat
+
+
+@click.command()
+@click.argument("sources", nargs=-1, type=click.Path(exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="output folder (default: SOURCE/extract)")
+@click.option(
+    "--import-sft", "import_sft", type=click.Path(exists=True, dir_okay=False), help="original rStar SFT file"
+)
+@click.option(
+    "--import-pairs", "import_pairs", type=click.Path(exists=True, dir_okay=False), help="original rStar PPM pair file"
+)
+@click.option("--prompt", default="sft", show_default=True, help="prompt template the records are rendered with")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="an extraction option, e.g. sft_top_k=4")
+def extract(
+    sources: tuple[str, ...],
+    out_dir: str | None,
+    import_sft: str | None,
+    import_pairs: str | None,
+    prompt: str,
+    settings: tuple[str, ...],
+) -> None:
+    """Trees -> SFT data and PPM preference pairs (sft.jsonl, pairs.jsonl).
+
+    SOURCES are trees.jsonl files or folders searched for them (a run, a round, a stage). Or convert
+    the original rStar's released files with --import-sft / --import-pairs.
+    """
+    from rstar_pipeline.extract import ExtractOptions, extract_files, import_rstar_pairs, import_rstar_sft
+
+    if not sources and not (import_sft or import_pairs):
+        raise ConfigError(["give trees (a run folder or trees.jsonl files) or --import-sft / --import-pairs"])
+    values: dict[str, Any] = {"prompt": prompt}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError([f"--set {item!r}: expected KEY=VALUE"])
+        values[key] = yaml.safe_load(raw)
+    options = validate_options(ExtractOptions, values, "extract")
+    if out_dir is None:
+        first = Path(sources[0]) if sources else Path(import_sft or import_pairs or ".").parent
+        out_dir = str((first if first.is_dir() else first.parent) / "extract")
+    target = Path(out_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    if sources:
+        summary = extract_files([Path(s) for s in sources], target, options)
+        out.print(json.dumps(summary, indent=2))
+    if import_sft:
+        records = import_rstar_sft(Path(import_sft), StepFormat.from_options(options.prompt, options.few_shot))
+        write_jsonl(target / "sft.jsonl", records)
+        out.print(f"imported {len(records)} SFT records")
+    if import_pairs:
+        pairs = import_rstar_pairs(Path(import_pairs))
+        write_jsonl(target / "pairs.jsonl", pairs)
+        out.print(f"imported {len(pairs)} preference pairs")
+    out.print(f"wrote {target}")
+
+
+@click.command()
+@click.argument("kind", type=click.Choice(["sft", "ppm"]))
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@OVERRIDES
+@click.option("--round", "round_index", type=int, default=1, show_default=True, help="which round's data and folder")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), help="training file (default: the round's)")
+@click.option("--init", "init_model", help="model to start from (default: as `rstar run` would)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="output folder (default: the round's)")
+def train(
+    kind: str,
+    recipe: str,
+    overrides: tuple[str, ...],
+    round_index: int,
+    data: str | None,
+    init_model: str | None,
+    out_dir: str | None,
+) -> None:
+    """One training stage: the recipe's train_sft or train_ppm trainer on a round's data (resumable)."""
+    from rstar_pipeline import stages
+    from rstar_pipeline.extract import PAIRS_FILE, SFT_FILE
+
+    runner = make_runner(recipe, overrides)
+    stage = f"train_{kind}"
+    round_recipe = runner.validated.round(round_index)
+    if round_recipe.section(stage) is None:
+        raise ConfigError([f"{stage}: the recipe has no {stage!r} section, e.g. {stage}: {{name: {kind}}}"], recipe)
+    if data is None and init_model is None and out_dir is None:
+        result = runner.run_stage(stage, round_index)
+        out.print(json.dumps(result.summary, indent=2))
+        return
+    ctx = StageRun(runner, round_recipe, round_index, runner.round_dir(round_index) / stage)
+    data_path = Path(data) if data else ctx.stage_dir("extract") / (SFT_FILE if kind == "sft" else PAIRS_FILE)
+    target = Path(out_dir) if out_dir else ctx.folder
+    summary = stages.train(ctx, stage, data_path, init_model or stages.init_model(ctx, stage), target)
+    out.print(f"model: {summary['model']}")
+
+
+@click.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@OVERRIDES
+def compare(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Search with several strategies and budgets (the recipe's compare section); write a table and a plot."""
+    from rstar.plugins import get_plugin_manager
+    from rstar.registry import get_registry
+    from rstar_pipeline.compare import Comparison, fmt_ci, fmt_percent
+
+    bar = Progress()
+
+    def progress(event: str, payload: dict[str, Any]) -> None:
+        if event == "cell":
+            status = payload["status"]
+            if payload["changed"]:
+                status += f": changed {', '.join(payload['changed'])}"
+            console.print(
+                f"[bold]cell {payload['index']} of {payload['total']}[/]: {escape(str(payload['label']))}, "
+                f"samples={payload['budget']} ({escape(status)})"
+            )
+        bar(event, payload)
+
+    comparison = Comparison(
+        load(recipe, overrides), get_registry(), get_plugin_manager(), source=recipe, progress=progress
+    )
+    try:
+        result = comparison.run()
+    finally:
+        bar.close()
+    table = Table(title="comparison")
+    columns = ("strategy", "budget", "problems", "accuracy", "CI", "tokens/problem", "policy calls", "seconds", "cell")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("strategy", "cell") else "right")
+    for r in result.rows:
+        table.add_row(
+            r["strategy"],
+            str(r["budget"]),
+            str(r["problems"]),
+            fmt_percent(r["accuracy"]),
+            fmt_ci(r),
+            str(r["tokens_per_problem"]),
+            str(r["policy_calls"]),
+            str(r["seconds"]),
+            r["status"],
+        )
+    out.print(table)
+    if result.plot_note:
+        console.print(f"[yellow]{escape(result.plot_note)}[/]")
+    for path in result.files.values():
+        out.print(f"wrote {path}")
