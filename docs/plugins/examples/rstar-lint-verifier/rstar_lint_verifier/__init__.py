@@ -8,9 +8,8 @@ from typing import Any
 
 from pydantic import Field
 
-from rstar import Options, RegisterFn, hookimpl
+from rstar import CodeJob, Options, RegisterFn, Verdict, hookimpl
 from rstar.registry import get_registry
-from rstar.types import CodeJob, Verdict
 
 
 class LintOptions(Options):
