@@ -147,7 +147,7 @@ def main() -> None:
         "subprocess (bwrap)": {"name": "subprocess", "isolation": "bwrap"},
         "subprocess (bwrap, forked)": {"name": "subprocess", "isolation": "bwrap", "inline": False},
     }
-    from rstar_sandbox.subprocess_verifier import bwrap_works
+    from rstar_sandbox.isolation import bwrap_works
 
     if not bwrap_works():
         del contenders["subprocess (bwrap)"], contenders["subprocess (bwrap, forked)"]

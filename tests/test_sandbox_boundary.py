@@ -343,16 +343,16 @@ def test_a_worker_asking_to_retire_is_replaced():
 
 
 def test_a_worker_that_cannot_take_a_job_is_given_up_on_after_a_bounded_number_of_tries(monkeypatch):
-    from rstar_sandbox import subprocess_verifier as module
+    from rstar_sandbox import inline as module
 
     v = get_registry().build("verifier", {"name": "subprocess", "max_workers": 1})
 
-    async def refuse(self, worker, jobs, batch, queue, verdicts):  # test stand-in: every worker dies on the batch
+    async def refuse(worker, jobs, batch, queue, verdicts):  # test stand-in: every worker dies on the batch
         worker.kill()
         queue.extendleft(reversed(batch))
         return "refused"
 
-    monkeypatch.setattr(module.SubprocessVerifier, "_inline_batch", refuse)
+    monkeypatch.setattr(module, "run_batch", refuse)
     try:
         verdicts = run(v, ["1 + 1", "2 + 2"])
         assert [x.status for x in verdicts] == ["error", "error"]
@@ -418,7 +418,7 @@ def test_bubblewrap_jobs_get_no_memory_outside_their_limits_and_no_namespaces():
 
 
 def test_the_seccomp_program_is_well_formed():
-    from rstar_sandbox.subprocess_verifier import SECCOMP_DENIED, seccomp_program
+    from rstar_sandbox.isolation import SECCOMP_DENIED, seccomp_program
 
     program = seccomp_program()
     if program is None:
@@ -427,9 +427,9 @@ def test_the_seccomp_program_is_well_formed():
 
 
 def test_a_job_with_many_processes_stays_within_the_workers_memory():
-    from rstar_sandbox.subprocess_verifier import _cgroup_base
+    from rstar_sandbox.isolation import cgroup_base
 
-    if _cgroup_base() is None:
+    if cgroup_base() is None:
         pytest.skip("no memory cgroup can be made here (needs root and a writable memory controller)")
     hog = (
         "import os, time\nkids = []\nfor _ in range(6):\n    pid = os.fork()\n    if pid == 0:\n"

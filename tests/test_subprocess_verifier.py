@@ -367,13 +367,13 @@ def test_usable_again_after_close(verifier):
 
 
 def test_the_sandbox_shows_only_the_system_and_the_interpreter(tmp_path):
-    from rstar_sandbox.subprocess_verifier import _bwrap_prefix, _outermost
+    from rstar_sandbox.isolation import bwrap_prefix, outermost
 
     venv = tmp_path / "checkout" / ".venv"
     (venv / "lib").mkdir(parents=True)
-    binds = _outermost([str(venv), str(venv / "lib"), "/usr/lib"])
+    binds = outermost([str(venv), str(venv / "lib"), "/usr/lib"])
     assert binds == sorted([os.path.realpath("/usr/lib"), os.path.realpath(venv)])
-    args = _bwrap_prefix(binds)
+    args = bwrap_prefix(binds)
     pairs = {(args[i + 1], args[i + 2]) for i, a in enumerate(args) if a == "--ro-bind"}
     sources = {source for source, _ in pairs}
     assert "/" not in sources and "/run" not in sources and "/home" not in sources and "/etc" not in sources

@@ -82,11 +82,11 @@ def build_image(tag: str, suite: str, mirror: str, packages: str) -> None:
     import tarfile
     import tempfile
 
-    from rstar_sandbox.docker_verifier import _client
+    from rstar_sandbox.docker_verifier import docker_client
 
     if shutil.which("debootstrap") is None:
         raise click.ClickException("debootstrap is not installed (Debian/Ubuntu: apt-get install debootstrap)")
-    client = _client()
+    client = docker_client()
     with tempfile.TemporaryDirectory(prefix="rstar-image-") as tmp:
         root = f"{tmp}/root"
         command = ["debootstrap", "--variant=minbase", f"--include={packages}", suite, root, mirror]

@@ -28,18 +28,11 @@ from typing import Any
 
 from pydantic import Field
 
-from rstar.config import Options
 from rstar.errors import RstarError
-from rstar_sandbox.subprocess_verifier import (
-    DEFAULT_PRELOAD,
-    SANDBOX_SCRATCH,
-    START_TIMEOUT_S,
-    SubprocessVerifier,
-    _child_env,
-    _hello,
-    _private_uid,
-    _Worker,
-)
+from rstar.options import Options
+from rstar_sandbox.isolation import SANDBOX_SCRATCH, child_env, private_uid
+from rstar_sandbox.pool import DEFAULT_PRELOAD, START_TIMEOUT_S, WORKER_SOURCE_PATH, Worker, WorkerPool, hello
+from rstar_sandbox.subprocess_verifier import SubprocessVerifier
 
 DEFAULT_IMAGE = "rstar-sandbox:latest"
 LABEL = "rstar.sandbox"
@@ -79,7 +72,8 @@ class DockerOptions(Options):
     )
 
 
-def _client() -> Any:
+def docker_client() -> Any:
+    """A client of the Docker engine (``docker.from_env``) that answered a ping; an `RstarError` says why not."""
     try:
         import docker
     except ImportError as exc:
@@ -95,7 +89,7 @@ def _client() -> Any:
 def unavailable_reason(image: str = DEFAULT_IMAGE) -> str:
     """Why the docker verifier cannot run here ('' when it can): no SDK, no engine, or no image."""
     try:
-        client = _client()
+        client = docker_client()
     except RstarError as exc:
         return str(exc)
     try:
@@ -113,7 +107,7 @@ class DockerVerifier(SubprocessVerifier):
     def __init__(self, options: DockerOptions | None = None) -> None:
         opts = options if options is not None else DockerOptions()
         self.options = opts  # type: ignore[assignment]
-        self._docker = _client()
+        self._docker = docker_client()
         try:
             self._docker.images.get(opts.image)
         except Exception as exc:
@@ -123,11 +117,12 @@ class DockerVerifier(SubprocessVerifier):
             ) from exc
         self._python = opts.python
         self.isolation = "container"
-        self._init_pool()
+        self._worker_source = WORKER_SOURCE_PATH.read_text(encoding="utf-8")
+        WorkerPool.__init__(self, opts.max_workers)  # not SubprocessVerifier's: no bubblewrap, no local interpreter
 
-    def _start_worker(self) -> _Worker:
+    def start_worker(self) -> Worker:
         options: DockerOptions = self.options  # type: ignore[assignment]
-        uid = _private_uid()  # a uid of its own per container: no process limit or file is shared with another
+        uid = private_uid()  # a uid of its own per container: no process limit or file is shared with another
         config = self._worker_config(None, SANDBOX_SCRATCH)
         socket_dir = tempfile.mkdtemp(prefix="rstar-docker-")
         os.chmod(socket_dir, 0o755)
@@ -155,14 +150,14 @@ class DockerVerifier(SubprocessVerifier):
                 pids_limit=options.max_processes * 2 + 16,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                environment=_child_env(),
+                environment=child_env(),
                 working_dir="/tmp",
                 labels={LABEL: "1"},
                 ipc_mode="none",
             )
             listener.settimeout(START_TIMEOUT_S)
             control, _ = listener.accept()
-            if _hello(control) is None:
+            if hello(control) is None:
                 raise OSError("the worker closed its socket without saying it was ready")
         except Exception as exc:
             logs = ""
@@ -177,7 +172,7 @@ class DockerVerifier(SubprocessVerifier):
         return _ContainerWorker(container, control)
 
 
-class _ContainerWorker(_Worker):
+class _ContainerWorker(Worker):
     def __init__(self, container: Any, control: socket.socket) -> None:
         super().__init__(None, control, "container")
         self.container = container
