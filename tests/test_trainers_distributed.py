@@ -22,8 +22,9 @@ pytest.importorskip("peft")
 pytest.importorskip("torch")
 
 from rstar_lightning import _prefix
-from rstar_lightning._common import load_tokenizer
-from rstar_lightning.sft import SFTTrainer
+from rstar_lightning._model import load_tokenizer
+from rstar_lightning.options import SFTOptions
+from rstar_lightning.trainers import SFTTrainer
 
 from rstar.testing.models import build_tiny_llama
 
@@ -213,7 +214,7 @@ def shared_prefix(model: Path, data: Path) -> int:
     """The shared prefix of the first two SFT examples of ``data`` (all of them fit ``TRAIN``'s max_length)."""
     from rstar_lightning import sft
 
-    tok = load_tokenizer(str(model), sft.SFTOptions())
+    tok = load_tokenizer(str(model), SFTOptions())
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     examples = [sft.make_example(tok, r["prompt"], r["response"]) for r in rows]
     assert max(len(ids) for ids, _ in examples) <= TRAIN["max_length"]

@@ -13,7 +13,9 @@ pytest.importorskip("lightning")
 pytest.importorskip("peft")
 
 from rstar_lightning import _prefix, ppm, sft  # noqa: E402
-from rstar_lightning._common import IGNORE_INDEX, LoraOptions, apply_lora, load_tokenizer  # noqa: E402
+from rstar_lightning._data import IGNORE_INDEX  # noqa: E402
+from rstar_lightning._model import apply_lora, load_tokenizer  # noqa: E402
+from rstar_lightning.options import LoraOptions, PPMOptions, SFTOptions  # noqa: E402
 
 from rstar.testing.models import build_tiny_llama  # noqa: E402
 
@@ -29,13 +31,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _sft_batch(tiny: Path) -> dict[str, Any]:
-    tok = load_tokenizer(str(tiny), sft.SFTOptions())
+    tok = load_tokenizer(str(tiny), SFTOptions())
     examples = [sft.make_example(tok, FEW_SHOT + q, s) for q, s in zip(QUESTIONS, STEPS, strict=True)]
     return sft.collate(examples, tok.pad_token_id)
 
 
 def _ppm_batch(tiny: Path) -> dict[str, Any]:
-    tok = load_tokenizer(str(tiny), ppm.PPMOptions())
+    tok = load_tokenizer(str(tiny), PPMOptions())
     pairs = [
         (ppm.score_ids(tok, FEW_SHOT + q, s, 96), ppm.score_ids(tok, FEW_SHOT + q, "z = 0<end_of_step>", 96), 1.0)
         for q, s in zip(QUESTIONS, STEPS, strict=True)
@@ -104,7 +106,7 @@ def test_ppm_scores_and_gradients_equal_the_plain_pass(tiny: Path) -> None:
     batch = _ppm_batch(tiny)
     texts = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     assert _prefix.shared_length(**texts) >= _prefix.MIN_SHARED_PREFIX
-    tok = load_tokenizer(str(tiny), ppm.PPMOptions())
+    tok = load_tokenizer(str(tiny), PPMOptions())
     model = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1, pad_token_id=tok.pad_token_id)
     torch.nn.init.normal_(model.score.weight, std=0.5)
     model.train()

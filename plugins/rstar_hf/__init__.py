@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rstar import hookimpl
-from rstar.registry import RegisterFn
+from rstar.hookspecs import RegisterFn
 
 
 @hookimpl

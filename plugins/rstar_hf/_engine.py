@@ -4,8 +4,8 @@ One call of :meth:`Engine.run` turns requests into rows (one per sample), sorts 
 length, and decodes them in groups of at most ``max_batch_rows`` rows:
 
 1. prefill: the prefix that all distinct prompts of the group share (at least
-   :data:`~rstar_hf._kv.MIN_SHARED_PREFIX` tokens: the few-shot part of a tree search's prompts) is
-   computed once, with a batch of one, or taken from the :class:`~rstar_hf._kv.PrefixCache` of earlier calls; the
+   :data:`~rstar_hf.kv.MIN_SHARED_PREFIX` tokens: the few-shot part of a tree search's prompts) is
+   computed once, with a batch of one, or taken from the :class:`~rstar_hf.kv.PrefixCache` of earlier calls; the
    rest of each distinct prompt is prefilled after it (left padding, position ids from the mask,
    logits of the last position only);
 2. the KV cache of each distinct prompt is copied to its ``n`` rows, into buffers with room to grow;
@@ -39,7 +39,8 @@ import torch
 
 from rstar.backends import LongPrompts, PromptPlan, find_stop, fit_ids, report_long_prompts, skipped_result
 from rstar.types import FinishReason, GenerationRequest, GenerationResult, Sample
-from rstar_hf import _attention, _kv
+from rstar_hf import _attention
+from rstar_hf import kv as _kv
 from rstar_hf._text import IncrementalText
 
 log = logging.getLogger("rstar_hf")

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from rstar.backends import LongPrompts
-from rstar.config import Options
 from rstar.errors import RstarError
+from rstar.options import Options
 from rstar.types import GenerationRequest, GenerationResult
 from rstar_hf._loading import describe, prepare
 

@@ -11,9 +11,9 @@ candidate step's terminator.
   transformers' pad-token search, which is ambiguous when the pad token is also EOS). A row's score
   does not depend on what else is in its batch (up to floating-point rounding).
 * Shared prefixes: the tokens all texts of a batch start with (the few-shot prompt, the question,
-  the steps so far: at least :data:`rstar_hf._kv.MIN_SHARED_PREFIX`) are run once, with a batch of one, and the
+  the steps so far: at least :data:`rstar_hf.kv.MIN_SHARED_PREFIX`) are run once, with a batch of one, and the
   rows continue from their keys and values; the last few prefixes are kept across calls
-  (`rstar_hf._kv.PrefixCache`), so the few-shot part of a search's prompts is computed once per run.
+  (`rstar_hf.kv.PrefixCache`), so the few-shot part of a search's prompts is computed once per run.
   A row's score is the same as without sharing, up to floating-point rounding (``share_prefix: false``
   turns it off).
 * Long texts keep their END (left truncation, after a leading BOS): the step being judged is never
@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from rstar.config import Options
 from rstar.errors import RstarError
+from rstar.options import Options
 from rstar.reward import CONFIG_KEY, ScoreTransform, reward_text
 from rstar.types import RewardRequest
 from rstar_hf._loading import describe, prepare
@@ -46,7 +46,7 @@ from rstar_hf._loading import describe, prepare
 if TYPE_CHECKING:
     import torch
 
-    from rstar_hf._kv import KV, PrefixCache
+    from rstar_hf.kv import KV, PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class HFRewardModel:
         self.transform = choose_transform(options.transform, options.scale, stored)
         self._lock = threading.Lock()
         self._closed = False
-        from rstar_hf import _kv  # imports torch
+        from rstar_hf import kv as _kv  # imports torch
 
         self.prefix_cache: PrefixCache = _kv.PrefixCache()
         self.share_prefix = options.share_prefix and _kv.supports_layers(_kv.new_cache(self.model.config))
@@ -207,7 +207,7 @@ class HFRewardModel:
     def _forward(self, rows: list[list[int]]) -> list[float]:
         import torch
 
-        from rstar_hf import _kv
+        from rstar_hf import kv as _kv
 
         shared = _kv.shared_length(rows) if self.share_prefix else 0  # each row keeps its last token, the one scored
         rests = [r[shared:] for r in rows]
@@ -235,7 +235,7 @@ class HFRewardModel:
         """Keys and values (batch of one) of a shared prefix: from the prefix cache, extended as needed."""
         import torch
 
-        from rstar_hf import _kv
+        from rstar_hf import kv as _kv
 
         known, kv = self.prefix_cache.lookup(tokens)
         if kv is not None and known == len(tokens):

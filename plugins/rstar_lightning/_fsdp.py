@@ -25,6 +25,9 @@ from typing import Any
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDP
+from torch.distributed.fsdp import FullStateDictConfig, OptimStateKeyType, StateDictType
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.distributed.fsdp.api import FullOptimStateDictConfig
 from torch.nn import Module
 
 
@@ -35,10 +38,8 @@ class FSDPStrategy(LightningFSDP):
         return self.root_device.type == "cpu"
 
     def _setup_model(self, model: Module) -> Module:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        if self._on_cpu() and not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
-            model = FullyShardedDataParallel(
+        if self._on_cpu() and not any(isinstance(m, FSDP) for m in model.modules()):
+            model = FSDP(
                 module=model,
                 cpu_offload=self.cpu_offload,
                 mixed_precision=self.mixed_precision_config,
@@ -51,10 +52,6 @@ class FSDPStrategy(LightningFSDP):
     @contextlib.contextmanager
     def _full_state_on_cpu(self) -> Iterator[None]:
         """Gather full (model and optimizer) state dicts to rank 0, without the offload that crashes on CPUs."""
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from torch.distributed.fsdp.api import FullOptimStateDictConfig
-
         assert self.model is not None
         with FSDP.state_dict_type(
             self.model,
@@ -74,9 +71,6 @@ class FSDPStrategy(LightningFSDP):
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         if not self._on_cpu() or self._state_dict_type != "full":
             return super().optimizer_state(optimizer)
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from torch.distributed.fsdp import OptimStateKeyType
-
         if isinstance(optimizer, LightningOptimizer):
             optimizer = optimizer._optimizer
         assert self.model is not None

@@ -31,12 +31,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import lightning.pytorch as pl
+import torch.distributed as dist
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning_utilities.core.rank_zero import rank_zero_only
 
 from rstar.errors import ConfigError, RstarError
-
-if TYPE_CHECKING:
-    from rstar_lightning._common import TrainOptions
+from rstar_lightning._fsdp import FSDPStrategy
+from rstar_lightning.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +62,6 @@ FINISH_TIMEOUT_S = 300.0
 def processes_per_node(options: TrainOptions) -> int:
     """How many processes Lightning would start on this machine for ``options``, or 1 when it starts none
     (one device, a spawning strategy, or processes created by an external launcher)."""
-    import lightning.pytorch as pl
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
-    from lightning_utilities.core.rank_zero import rank_zero_only
-
     chatty = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." is said later
     level = chatty.level
     chatty.setLevel(logging.WARNING)
@@ -91,8 +92,6 @@ def processes_per_node(options: TrainOptions) -> int:
 def lightning_strategy(options: TrainOptions) -> Any:
     """The ``strategy`` argument of ``pl.Trainer`` for ``options.strategy``."""
     if options.strategy == "fsdp":
-        from rstar_lightning._fsdp import FSDPStrategy
-
         return FSDPStrategy(sharding_strategy="FULL_SHARD", state_dict_type="full")
     return options.strategy
 
@@ -134,8 +133,6 @@ def local_ranks(trainer: Any, data: Path, init_model: str, out_dir: Path) -> Ite
     try:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         if "MASTER_PORT" not in os.environ:
-            from lightning.fabric.plugins.environments.lightning import find_free_network_port
-
             os.environ["MASTER_PORT"] = str(find_free_network_port())
         os.environ.setdefault("NODE_RANK", "0")
         os.environ["WORLD_SIZE"] = str(count * trainer.options.num_nodes)
@@ -254,14 +251,10 @@ def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _process_group_initialized() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized()
 
 
 def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
     if _process_group_initialized():
         dist.destroy_process_group()
 

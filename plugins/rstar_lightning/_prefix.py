@@ -12,20 +12,19 @@ A prefix is shared when it is at least :data:`MIN_SHARED_PREFIX` tokens long, ev
 least one token of its own (the one a PPM score is read at), and no label falls inside it (the SFT
 loss starts after it). Models whose cache is not transformers' plain per-layer ``DynamicLayer``
 (sliding windows, hybrid caches), and gradient checkpointing (where transformers turns the cache
-off), run the plain single pass. The cache helpers are the ``hf`` engine's (`rstar_hf._kv`).
+off), run the plain single pass. The cache helpers and the threshold are the ``hf`` plugin's public
+`rstar_hf.kv`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rstar_lightning._common import IGNORE_INDEX
+import torch
+from rstar_hf import kv
+from rstar_hf.kv import MIN_SHARED_PREFIX
 
-if TYPE_CHECKING:
-    import torch
-
-MIN_SHARED_PREFIX = 32
-"""Fewer shared leading tokens than this run as a plain batch (the ``hf`` engine's threshold)."""
+from rstar_lightning._data import IGNORE_INDEX
 
 _CACHE_KEYWORD = "_rstar_shared_prefix_cache_keyword"
 """Attribute remembering, per model, what :func:`_cache_keyword` found."""
@@ -79,10 +78,8 @@ def _cache_keyword(model: Any) -> str | None:
     """The keyword under which ``model`` takes a cache, or None when the cache its config makes is not
     all plain layers (asked once per model)."""
     if not hasattr(model, _CACHE_KEYWORD):
-        from rstar_hf import _kv
-
-        plain = _kv.supports_layers(_kv.new_cache(model.config))
-        setattr(model, _CACHE_KEYWORD, _kv.cache_keyword(backbone(model).forward) if plain else None)
+        plain = kv.supports_layers(kv.new_cache(model.config))
+        setattr(model, _CACHE_KEYWORD, kv.cache_keyword(backbone(model).forward) if plain else None)
     found: str | None = getattr(model, _CACHE_KEYWORD)
     return found
 

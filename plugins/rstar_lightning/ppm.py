@@ -22,59 +22,32 @@ reward backends apply what the trainer meant.
 
 The checkpoint is a one-label ``AutoModelForSequenceClassification`` directory whose ``pad_token_id``
 is set: Hugging Face reads the score at the last non-pad token, which is the last token of the text
-since batches are padded on the right.
+since batches are padded on the right. The trainer the registry builds is
+`rstar_lightning.trainers.PPMTrainer`; this module is what its ``fit`` runs.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
 
 from rstar.errors import RstarError
 from rstar.reward import CONFIG_KEY, ScoreTransform
 from rstar_lightning import _prefix
-from rstar_lightning._common import (
-    LightningTrainer,
-    TrainOptions,
-    adapt,
-    adds_bos,
-    begin,
-    configure_adamw,
-    encode,
-    pad_right,
-    split,
-)
+from rstar_lightning._data import adds_bos, encode, pad_right, split
+from rstar_lightning._run import adapt, begin, configure_adamw
+from rstar_lightning.options import PPMOptions
 
 if TYPE_CHECKING:
-    import torch
+    from rstar_lightning.trainers import PPMTrainer
 
 log = logging.getLogger(__name__)
-
-
-class PPMOptions(TrainOptions):
-    """Options of the ``ppm`` trainer (``trainer: {name: ppm, ...}``)."""
-
-    batch_size: int = Field(4, ge=1, description="preference pairs per device and forward pass (2x texts)")
-    val_fraction: float = Field(
-        0.05, ge=0, lt=1, description="share of the pairs held out to measure pairwise accuracy each epoch"
-    )
-    weighting: Literal["counts", "none"] = Field(
-        "counts",
-        description=(
-            "pair weights: 'counts' = 1/(pos_count*neg_count) (1/(pos+neg) if one is 0), as the original; 'none' = 1"
-        ),
-    )
-    transform: Literal["tanh", "identity"] = Field(
-        "tanh", description="how a raw head output r becomes a reward: tanh(r/scale), or r itself"
-    )
-    scale: float = Field(1.0, gt=0, description="the divisor inside tanh (the original: 5)")
-    transform_in_training: bool = Field(
-        True, description="apply the transform inside the loss too (false: the original's raw-score loss)"
-    )
-
 
 Pair = tuple[list[int], list[int], float]
 """``(positive ids, negative ids, weight)`` of one preference pair."""
@@ -102,17 +75,25 @@ def score_ids(tokenizer: Any, prompt: str, step: str, max_length: int) -> list[i
     return head + ids[len(ids) - room :]
 
 
+def build_pairs(tokenizer: Any, records: list[dict[str, Any]], options: PPMOptions) -> tuple[list[Pair], int]:
+    """``(pairs, dropped)``: the records' pairs that fit ``max_length``, and how many did not."""
+    kept: list[Pair] = []
+    for record in records:
+        prompt = str(record["prompt"])
+        pos = score_ids(tokenizer, prompt, str(record["pos"]), options.max_length)
+        neg = score_ids(tokenizer, prompt, str(record["neg"]), options.max_length)
+        if pos is not None and neg is not None:
+            kept.append((pos, neg, pair_weight(record, options.weighting)))
+    return kept, len(records) - len(kept)
+
+
 def bt_loss(pos: torch.Tensor, neg: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted Bradley–Terry loss averaged over the batch: ``mean(w · −log σ(pos − neg))``."""
-    import torch.nn.functional as F
-
     return (weights * F.softplus(neg - pos)).mean()
 
 
 def collate(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
     """Positives then negatives as one right-padded batch of 2B texts, and the B weights."""
-    import torch
-
     texts = [pos for pos, _, _ in pairs] + [neg for _, neg, _ in pairs]
     return {
         "input_ids": pad_right(texts, pad_id),
@@ -121,7 +102,9 @@ def collate(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
     }
 
 
-class _Collator:
+class Collator:
+    """A picklable collate function (DataLoader worker processes need one)."""
+
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
@@ -131,19 +114,23 @@ class _Collator:
 
 def head_name(model: Any) -> str:
     """Name of the classification head: the model's top-level linear layer with one output."""
-    import torch
-
     for name, child in model.named_children():
         if isinstance(child, torch.nn.Linear) and child.out_features == 1:
             return str(name)
     raise RstarError(f"ppm trainer: {type(model).__name__} has no one-output linear head")
 
 
+def init_head(model: Any, head: str) -> None:
+    """Draw a new head's weights from N(0, (0.1/sqrt(hidden))²) and zero its bias, so scores start near 0."""
+    layer = getattr(model, head)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 0.1 / layer.in_features**0.5)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
 def heads_in_float32(model: Any) -> None:
     """Run every one-output linear layer (the head, and peft's copy of it) in float32, outside autocast."""
-    import torch
-    import torch.nn.functional as F
-
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.out_features == 1:
 
@@ -155,129 +142,99 @@ def heads_in_float32(model: Any) -> None:
             module.forward = forward  # type: ignore[method-assign, assignment]
 
 
-def _module_class() -> Any:
-    import lightning.pytorch as pl
-    import torch
+class PPMModule(pl.LightningModule):
+    """Bradley–Terry loss on the scores of the positive and the negative text of each pair."""
 
-    class PPMModule(pl.LightningModule):
-        """Bradley–Terry loss on the scores of the positive and the negative text of each pair."""
+    def __init__(self, model: Any, options: PPMOptions) -> None:
+        super().__init__()
+        self.model = model
+        self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be on
+        self.options = options
+        self.transform = ScoreTransform(options.transform, options.scale)
+        self.initial_metrics: dict[str, float] = {}
+        self._initial = torch.zeros(3)  # correct pairs, loss x pairs, pairs: the sanity pass before training
 
-        def __init__(self, model: Any, options: PPMOptions) -> None:
-            super().__init__()
-            self.model = model
-            self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be on
-            self.options = options
-            self.transform = ScoreTransform(options.transform, options.scale)
-            self.initial_metrics: dict[str, float] = {}
-            self._initial = torch.zeros(3)  # correct pairs, loss x pairs, pairs: the sanity pass before training
+    def scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        out = _prefix.forward(self.model, **texts) if self.options.share_prefix else self.model(**texts)
+        raw = out.logits[:, 0].float()
+        if self.options.transform_in_training and self.transform.transform == "tanh":
+            raw = (raw / self.transform.scale).tanh()
+        half = len(batch["weights"])
+        return raw[:half], raw[half:]
 
-        def scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-            texts = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            out = _prefix.forward(self.model, **texts) if self.options.share_prefix else self.model(**texts)
-            raw = out.logits[:, 0].float()
-            if self.options.transform_in_training and self.transform.transform == "tanh":
-                raw = (raw / self.transform.scale).tanh()
-            half = len(batch["weights"])
-            return raw[:half], raw[half:]
-
-        def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-            pos, neg = self.scores(batch)
-            loss = bt_loss(pos, neg, batch["weights"])
-            accuracy = (pos > neg).float().mean()
-            if self.trainer.sanity_checking:  # the held-out pairs before training (train's validate_first)
-                size = len(pos)
-                self._initial += torch.tensor([float((pos > neg).sum()), float(loss) * size, float(size)])
-                return loss
-            size, on_step = len(pos), stage == "train"  # sync_dist: means over every rank's batches
-            self.log(
-                f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
-            )
-            self.log(f"{stage}_accuracy", accuracy, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        pos, neg = self.scores(batch)
+        loss = bt_loss(pos, neg, batch["weights"])
+        accuracy = (pos > neg).float().mean()
+        if self.trainer.sanity_checking:  # the held-out pairs before training (train's validate_first)
+            size = len(pos)
+            self._initial += torch.tensor([float((pos > neg).sum()), float(loss) * size, float(size)])
             return loss
+        size, on_step = len(pos), stage == "train"  # sync_dist: means over every rank's batches
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log(f"{stage}_accuracy", accuracy, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        return loss
 
-        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            return self._step(batch, "train")
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
 
-        def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-            self._step(batch, "val")
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
 
-        def on_validation_epoch_end(self) -> None:
-            if not self.trainer.sanity_checking:
-                return
-            correct, loss, pairs = self.trainer.strategy.reduce(self._initial.to(self.device), reduce_op="sum").tolist()
-            self.initial_metrics = {"val_accuracy_initial": correct / pairs, "val_loss_initial": loss / pairs}
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            return
+        correct, loss, pairs = self.trainer.strategy.reduce(self._initial.to(self.device), reduce_op="sum").tolist()
+        self.initial_metrics = {"val_accuracy_initial": correct / pairs, "val_loss_initial": loss / pairs}
 
-        def configure_optimizers(self) -> Any:
-            return configure_adamw(self, self.options)
-
-    return PPMModule
-
-
-def init_head(model: Any, head: str) -> None:
-    """Draw a new head's weights from N(0, (0.1/sqrt(hidden))²) and zero its bias, so scores start near 0."""
-    import torch
-
-    layer = getattr(model, head)
-    with torch.no_grad():
-        layer.weight.normal_(0.0, 0.1 / layer.in_features**0.5)
-        if layer.bias is not None:
-            layer.bias.zero_()
+    def configure_optimizers(self) -> Any:
+        return configure_adamw(self, self.options)
 
 
-class PPMTrainer(LightningTrainer):
-    """The ``ppm`` trainer (`rstar.interfaces.Trainer`): ``fit`` writes ``out_dir/model/`` and returns it.
+def fit(trainer: PPMTrainer, data: Path, init_model: str, out_dir: Path) -> None:
+    """One rank's ``ppm`` run (``trainer._fit``): the pairs of ``data``, then ``trainer._train_and_save``."""
+    options = trainer.options
+    start = begin(AutoModelForSequenceClassification, init_model, data, options, ("prompt", "pos", "neg"), num_labels=1)
+    model = start.model
+    setattr(model.config, CONFIG_KEY, ScoreTransform(options.transform, options.scale).to_dict())
+    head = head_name(model)
+    if any(key.startswith(f"{head}.") for key in start.missing_keys):  # a new head
+        init_head(model, head)
 
-    ``init_model`` is usually the round's SFT checkpoint.
-    """
-
-    Options = PPMOptions
-    name = "ppm"
-    options: PPMOptions
-
-    def _fit(self, data: Path, init_model: str, out_dir: Path) -> None:
-        from transformers import AutoModelForSequenceClassification
-
-        options = self.options
-        start = begin(
-            AutoModelForSequenceClassification, init_model, data, options, ("prompt", "pos", "neg"), num_labels=1
+    kept, dropped = build_pairs(start.tokenizer, start.records, options)
+    if not kept:
+        raise RstarError(f"{data}: no pair fits max_length={options.max_length}; raise it")
+    if dropped:
+        log.warning(
+            "%s: dropped %d of %d pairs whose step is longer than %d tokens",
+            data,
+            dropped,
+            len(start.records),
+            options.max_length,
         )
-        model = start.model
-        setattr(model.config, CONFIG_KEY, ScoreTransform(options.transform, options.scale).to_dict())
-        head = head_name(model)
-        if any(key.startswith(f"{head}.") for key in start.missing_keys):  # a new head
-            init_head(model, head)
-
-        pairs, dropped = self._pairs(start.tokenizer, start.records)
-        if not pairs:
-            raise RstarError(f"{data}: no pair fits max_length={options.max_length}; raise it")
-        if dropped:
-            log.warning(
-                "%s: dropped %d of %d pairs whose step is longer than %d tokens",
-                data,
-                dropped,
-                len(start.records),
-                options.max_length,
-            )
-        train_items, val_items = split(pairs, options.val_fraction, options.seed)
-        model = adapt(start, options, "SEQ_CLS", [head])
-        heads_in_float32(model)
-        module = _module_class()(model, options)
-        counts = {"pairs": len(train_items), "val_pairs": len(val_items), "dropped": dropped}
-        explicit = {"num_labels": 1}  # transformers derives it from id2label; servers and readers look for it
-        collator = _Collator(start.tokenizer.pad_token_id)
-        items, run = (train_items, val_items), (data, init_model, out_dir)
-        self._train_and_save(module, collator, items, start, run, counts, explicit, validate_first=True)
-
-    def _pairs(self, tokenizer: Any, records: list[dict[str, Any]]) -> tuple[list[Pair], int]:
-        limit, weighting = self.options.max_length, self.options.weighting
-        pairs: list[Pair] = []
-        for record in records:
-            prompt = str(record["prompt"])
-            pos = score_ids(tokenizer, prompt, str(record["pos"]), limit)
-            neg = score_ids(tokenizer, prompt, str(record["neg"]), limit)
-            if pos is not None and neg is not None:
-                pairs.append((pos, neg, pair_weight(record, weighting)))
-        return pairs, len(records) - len(pairs)
+    train_items, val_items = split(kept, options.val_fraction, options.seed)
+    model = adapt(start, options, "SEQ_CLS", [head])
+    heads_in_float32(model)
+    module = PPMModule(model, options)
+    counts = {"pairs": len(train_items), "val_pairs": len(val_items), "dropped": dropped}
+    explicit = {"num_labels": 1}  # transformers derives it from id2label; servers and readers look for it
+    collator = Collator(start.tokenizer.pad_token_id)
+    items, run = (train_items, val_items), (data, init_model, out_dir)
+    trainer._train_and_save(module, collator, items, start, run, counts, explicit, validate_first=True)
 
 
-__all__ = ["PPMOptions", "PPMTrainer", "bt_loss", "collate", "pair_weight", "score_ids"]
+__all__ = [
+    "Collator",
+    "PPMModule",
+    "Pair",
+    "bt_loss",
+    "build_pairs",
+    "collate",
+    "fit",
+    "head_name",
+    "heads_in_float32",
+    "init_head",
+    "pair_weight",
+    "score_ids",
+]

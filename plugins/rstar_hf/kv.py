@@ -1,14 +1,22 @@
 """KV-cache helpers on top of transformers' ``DynamicCache`` (the per-layer ``keys``/``values`` layout).
 
+This module is the public API of the ``hf`` plugin's cache handling: its engine and reward model use
+it, and other plugins may import it (the Lightning trainers' shared-prefix passes do); its interface
+is the names in ``__all__``. :data:`MIN_SHARED_PREFIX` is the one shared-prefix threshold of all of them.
+
+* :func:`new_cache`, :func:`cache_keyword`, :func:`supports_layers`: the cache a model's config makes,
+  the keyword its ``forward`` takes it under, and whether its layers have the layout used here.
+* :func:`shared_length` / :data:`MIN_SHARED_PREFIX`: how many leading tokens a batch computes once.
 * :class:`GrowableLayer` keeps a layer's keys and values in a buffer with spare room, so a decoding
   step writes one position in place instead of copying the whole cache (``DynamicLayer`` concatenates).
 * :class:`PrefixCache` remembers the keys and values of a few prompt prefixes (batch of one) across
   calls: the few-shot part that every prompt of a tree search starts with is computed once.
-* :func:`merge` / :func:`trim_left` join caches along the batch and drop padding columns.
+* :func:`fill`, :func:`merge` / :func:`trim_left` put a prefix into a batch's cache, join caches along
+  the batch and drop padding columns.
 
 Everything here needs a cache whose layers are plain ``DynamicLayer`` objects (full attention, no
-sliding window, no KV sharing); :func:`supports_layers` says whether a cache qualifies, and the
-engine falls back to ``DynamicCache`` as is otherwise.
+sliding window, no KV sharing); :func:`supports_layers` says whether a cache qualifies, and callers
+fall back to ``DynamicCache`` as is otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 """Keys and values per layer, each ``[batch, kv_heads, positions, head_dim]``."""
@@ -30,8 +38,6 @@ MIN_SHARED_PREFIX = 32
 
 def new_cache(config: Any) -> Any:
     """An empty ``DynamicCache`` laid out for ``config`` (sliding-window layers where the model has them)."""
-    from transformers import DynamicCache
-
     try:
         return DynamicCache(config=config)
     except TypeError:  # older transformers: no per-layer construction
@@ -52,6 +58,7 @@ def supports_layers(cache: Any) -> bool:
 
 
 def layer_kv(cache: Any) -> KV:
+    """The keys and values of every layer of ``cache`` (no copy)."""
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -167,6 +174,7 @@ def trim_left(cache: Any, columns: int) -> bool:
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
@@ -229,3 +237,21 @@ class PrefixCache:
 
     def _bytes(self) -> int:
         return sum(k.nbytes + v.nbytes for kv in self._entries.values() for k, v in kv)
+
+
+__all__ = [
+    "KV",
+    "MIN_SHARED_PREFIX",
+    "GrowableLayer",
+    "PrefixCache",
+    "cache_keyword",
+    "common_prefix_length",
+    "fill",
+    "layer_kv",
+    "make_growable",
+    "merge",
+    "new_cache",
+    "shared_length",
+    "supports_layers",
+    "trim_left",
+]
