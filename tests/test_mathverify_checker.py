@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from rstar_mathverify.checker import MathVerifyChecker, MathVerifyOptions, as_latex
+from rstar_mathverify.checker import MathVerifyChecker, MathVerifyOptions, as_latex, verify_in_worker
 
 from rstar.registry import get_registry
 
@@ -29,6 +31,27 @@ def hang(*_args: object) -> bool:
     """Stands in for a check stuck where math-verify's alarm cannot interrupt it."""
     time.sleep(120)
     return True
+
+
+def hang_on_stuck(prediction: str, *rest: object) -> bool:
+    """Hangs on the prediction ``stuck``; checks the others as usual."""
+    if prediction == "stuck":
+        hang()
+    return verify_in_worker(prediction, *rest)  # type: ignore[arg-type]
+
+
+def crash_on_boom(prediction: str, *rest: object) -> bool:
+    """Kills its worker process on the prediction ``boom`` (as a segfault in a C extension would)."""
+    if prediction == "boom":
+        os._exit(3)
+    return verify_in_worker(prediction, *rest)  # type: ignore[arg-type]
+
+
+def check_and_new_children(checker: MathVerifyChecker, pairs) -> tuple[list[bool], list[multiprocessing.Process]]:
+    """The verdicts, and the child processes that appeared meanwhile (the checker's workers)."""
+    before = {p.pid for p in multiprocessing.active_children()}
+    verdicts = check(checker, pairs)
+    return verdicts, [p for p in multiprocessing.active_children() if p.pid not in before]
 
 
 @pytest.mark.parametrize(
@@ -104,12 +127,45 @@ def test_a_stuck_worker_is_killed_and_replaced():
     c.close()
 
 
+def test_a_stuck_check_does_not_hold_up_the_others():
+    c = MathVerifyChecker(MathVerifyOptions(timeout_s=1, workers=2))
+    c._work = hang_on_stuck  # type: ignore[method-assign]
+    c._HARD_DEADLINE_SLACK_S = 0.5
+    pairs = [("stuck", "2"), ("16.0", "16"), ("0.5", r"\frac12"), ("3", "4"), (r"\frac{6}{2}", "3")]
+    start = time.monotonic()
+    assert check(c, pairs) == [False, True, True, False, True]
+    assert time.monotonic() - start < 20
+    c.close()
+
+
+def test_a_crashing_worker_is_replaced_and_the_other_checks_go_on():
+    c = MathVerifyChecker(MathVerifyOptions(timeout_s=1, workers=2))
+    c._work = crash_on_boom  # type: ignore[method-assign]
+    assert check(c, [("boom", "1"), ("16.0", "16"), ("0.5", r"\frac12")]) == [False, True, True]
+    assert check(c, [(r"\frac{6}{2}", "3")]) == [True]
+    c.close()
+
+
+def test_close_during_a_check_ends_it_false():
+    c = MathVerifyChecker(MathVerifyOptions(timeout_s=1))
+    c._work = hang  # type: ignore[method-assign]
+
+    async def close_while_checking() -> list[bool]:
+        task = asyncio.ensure_future(c.check([("1", "2")]))
+        await asyncio.sleep(2)  # the worker has started and taken the check
+        await asyncio.to_thread(c.close)
+        return await asyncio.wait_for(task, 10)
+
+    start = time.monotonic()
+    assert asyncio.run(close_while_checking()) == [False]
+    assert time.monotonic() - start < 15
+    assert c._pool is None
+
+
 def test_close_stops_the_workers_and_a_later_check_restarts_them():
     c = MathVerifyChecker(MathVerifyOptions(workers=2))
-    assert check(c, [("0.5", r"\frac12"), ("2", "3")]) == [True, False]
-    pool = c._pool
-    assert pool is not None
-    processes = list(pool._processes.values())
+    verdicts, processes = check_and_new_children(c, [("0.5", r"\frac12"), ("2", "3")])
+    assert verdicts == [True, False] and len(processes) == 2
     c.close()
     assert c._pool is None
     assert not any(p.is_alive() for p in processes)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -141,6 +142,29 @@ def test_gives_up_after_max_retries(serve):
     policy = OpenAIPolicy(OpenAIOptions(base_url=server.url, backoff_s=0.01, max_retries=2))
     with pytest.raises(RstarError, match="gave up after 3 attempts"):
         generate(policy, GenerationRequest("p"))
+
+
+def test_retries_back_off_and_the_final_error_names_the_url_and_last_status(serve, caplog):
+    statuses = iter([429, 503, 502])
+    server = serve(lambda body, n: (next(statuses), {"error": "busy"}))
+    policy = OpenAIPolicy(OpenAIOptions(base_url=server.url, backoff_s=0.1, max_retries=2))
+    start = time.monotonic()
+    with pytest.raises(RstarError) as error:
+        generate(policy, GenerationRequest("p"))
+    elapsed = time.monotonic() - start
+    assert len(server.bodies) == 3
+    assert 0.1 + 0.2 <= elapsed < 0.1 * 1.5 + 0.2 * 1.5 + 5  # backoff_s, then twice it, each with jitter
+    message = str(error.value)
+    assert server.url in message and "HTTP 502" in message and "gave up after 3 attempts" in message
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 2 and "HTTP 429" in retries[0] and "HTTP 503" in retries[1]
+
+
+def test_client_mode_retries_a_refused_stream(serve):
+    server = serve(lambda body, n: (503, {"error": "loading"}) if n == 1 else (200, ["a", "b"]))
+    policy = OpenAIPolicy(OpenAIOptions(base_url=server.url, stop_mode="client", backoff_s=0.01))
+    (result,) = generate(policy, GenerationRequest("p", stop=(STEP,)))
+    assert result.samples[0].text == "ab" and len(server.bodies) == 2
 
 
 def test_client_errors_are_not_retried(serve):

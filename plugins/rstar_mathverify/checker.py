@@ -1,10 +1,9 @@
 """The ``math_verify`` answer checker: math-verify's parse + verify, in worker processes.
 
 math-verify bounds its parsing and comparison time with ``signal.alarm``, which works only in the
-main thread of a process. So every check that needs it runs in a worker of a
-`concurrent.futures.ProcessPoolExecutor` (``spawn`` context, created on first use, reused),
-where it is the main thread; the event loop awaits it through ``loop.run_in_executor``. Checking
-therefore works from any thread and any event loop.
+main thread of a process. So every check that needs it runs in a worker of a `pebble.ProcessPool`
+(``spawn`` context, created on first use, reused), where it is the main thread; the event loop awaits
+its future through ``asyncio.wrap_future``. Checking therefore works from any thread and any event loop.
 
 Per ``(prediction, reference)`` pair:
 
@@ -15,8 +14,10 @@ Per ``(prediction, reference)`` pair:
   with ``math_verify.verify(gold=reference, target=prediction)``.
 
 A check that raises or times out is False. math-verify's own timeouts cover Python code; a worker
-stuck where signals cannot reach it (inside a C call) is killed after a hard deadline, and its pool
-is replaced.
+stuck where signals cannot reach it (inside a C call) is stopped by the pool after a hard deadline,
+counted from when the worker took the check (SIGTERM, then SIGKILL 3 s later if it is still there),
+and replaced; the other workers' checks go on. A check whose worker died under it (crashed, or killed
+from outside) is tried once more in a fresh worker. `close` ends the checks in flight as False.
 
 Spawned workers import the ``__main__`` module, so a script that uses this checker needs the usual
 ``if __name__ == "__main__":`` guard (the ``rstar`` command and pytest have it).
@@ -25,7 +26,6 @@ Spawned workers import the ``__main__`` module, so a script that uses this check
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import math
 import multiprocessing
@@ -33,12 +33,13 @@ import re
 import threading
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
+from pebble import ProcessExpired, ProcessPool
 from pydantic import Field
 
-from rstar.config import Options
+from rstar.options import Options
 from rstar.types import Reference
 
 logger = logging.getLogger(__name__)
@@ -105,35 +106,23 @@ class MathVerifyChecker:
 
     def __init__(self, options: MathVerifyOptions | None = None) -> None:
         self.options = options if options is not None else MathVerifyOptions()
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pool: ProcessPool | None = None
         self._lock = threading.Lock()
-        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._in_flight: dict[ProcessPool, set[Future[bool]]] = {}
+        self._stopped: weakref.WeakSet[Future[bool]] = weakref.WeakSet()
+        """Checks cut short by `close` (or a broken pool): they end False rather than cancelled."""
+        self._stopped_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 
     async def check(self, pairs: Sequence[tuple[str, Reference]]) -> list[bool]:
         """One verdict per pair, in order."""
         return list(await asyncio.gather(*(self._check_pair(pred, ref) for pred, ref in pairs)))
 
     def close(self) -> None:
-        """Stop the worker processes (a later check starts new ones)."""
+        """Stop the worker processes, killing any that is stuck (a later check starts new ones)."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        workers = _workers(pool)
-        manager = getattr(pool, "_executor_manager_thread", None)
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in workers:
-            process.join(timeout=2.0)
-            if process.is_alive():  # stuck where math-verify's alarm cannot reach
-                process.kill()
-        # The pool's manager thread reaps the workers too; once it has ended, every worker's exit
-        # status is recorded (two threads reaping one child can leave it looking alive for a moment).
-        if manager is not None:
-            manager.join(timeout=10.0)
-        for process in workers:
-            process.join(timeout=1.0)
+            pool = self._pool
+        if pool is not None:
+            self._stop_pool(pool, wait=True)
 
     # --- one pair -------------------------------------------------------------------------------
 
@@ -148,56 +137,82 @@ class MathVerifyChecker:
             return True
         seconds = max(1, math.ceil(self.options.timeout_s))  # signal.alarm takes whole seconds
         args = (prediction, references, seconds, self.options.float_rounding, self.options.strict)
+        # counted by the pool from when a worker takes the check, not from when it was queued
         deadline = seconds * (1 + 2 * len(references)) + self._HARD_DEADLINE_SLACK_S
-        loop = asyncio.get_running_loop()
-        async with self._semaphore():
-            for _attempt in range(2):
-                pool = self._get_pool()
-                try:
-                    return bool(await asyncio.wait_for(loop.run_in_executor(pool, self._work, *args), deadline))
-                except asyncio.TimeoutError:
-                    logger.warning("math_verify: a check ran past %.0f s; killing its worker", deadline)
-                    self._discard_pool(pool)
+        for _attempt in range(2):
+            pool = self._get_pool()
+            try:
+                future: Future[bool] = pool.schedule(self._work, args, timeout=deadline)
+            except RuntimeError:  # the pool has stopped or broken down: start a new one
+                self._stop_pool(pool)
+                continue
+            self._track(pool, future)
+            try:
+                verdict = await asyncio.wrap_future(future)
+                return bool(verdict)
+            except asyncio.TimeoutError:
+                logger.warning("math_verify: a check ran past %.0f s; its worker was killed", deadline)
+                return False
+            except asyncio.CancelledError:
+                if future in self._stopped:
                     return False
-                except BrokenProcessPool:
-                    # a worker died (killed after another check's deadline, or crashed): retry once in a new pool
-                    self._discard_pool(pool)
-                except Exception:
-                    logger.debug("math_verify: check failed", exc_info=True)
-                    return False
-            return False
+                raise  # this check's caller was cancelled (the pool has killed the worker running it)
+            except (ProcessExpired, BrokenProcessPool) as exc:
+                # its worker died (crashed, or killed from outside): once more, in a fresh worker
+                logger.debug("math_verify: a check's worker died (%r)", exc)
+                if isinstance(exc, BrokenProcessPool):
+                    self._stop_pool(pool)
+            except Exception:
+                logger.debug("math_verify: check failed", exc_info=True)
+                return False
+        logger.warning("math_verify: no worker could finish a check (tried twice); counting it False")
+        return False
 
     _work = staticmethod(verify_in_worker)
     """What runs in the worker: a module-level function (tests swap in one that hangs)."""
 
-    def _semaphore(self) -> asyncio.Semaphore:
-        """At most ``workers`` checks submitted at once, so a check's deadline starts when a worker is free."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            sem = self._semaphores.get(loop)
-            if sem is None:
-                sem = self._semaphores[loop] = asyncio.Semaphore(self.options.workers)
-            return sem
-
-    def _get_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+    def _get_pool(self) -> ProcessPool:
         with self._lock:
             if self._pool is None:
-                self._pool = concurrent.futures.ProcessPoolExecutor(
+                self._pool = ProcessPool(
                     max_workers=self.options.workers,
-                    mp_context=multiprocessing.get_context("spawn"),
                     initializer=_init_worker,
+                    context=multiprocessing.get_context("spawn"),
                 )
             return self._pool
 
-    def _discard_pool(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
-        """Kill a pool's workers (its running checks fail with BrokenProcessPool) and forget it."""
+    def _track(self, pool: ProcessPool, future: Future[bool]) -> None:
+        """Remember an unfinished check, for `_stop_pool` to end it."""
+        with self._lock:
+            stopped = pool in self._stopped_pools
+            if not stopped:
+                self._in_flight.setdefault(pool, set()).add(future)
+        if stopped:  # stopped between scheduling the check and here
+            self._stopped.add(future)
+            future.cancel()
+            return
+
+        def forget(done: Future[bool]) -> None:
+            with self._lock:
+                self._in_flight.get(pool, set()).discard(done)
+
+        future.add_done_callback(forget)
+
+    def _stop_pool(self, pool: ProcessPool, wait: bool = False) -> None:
+        """Stop a pool and end its unfinished checks; its workers are stopped (killed if stuck)
+        here, or with ``wait=False`` in a thread of their own, so that the event loop goes on."""
         with self._lock:
             if self._pool is pool:
                 self._pool = None
-        for process in _workers(pool):
-            process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _workers(pool: concurrent.futures.ProcessPoolExecutor) -> list[Any]:
-    return list((getattr(pool, "_processes", None) or {}).values())
+            if pool in self._stopped_pools:
+                return
+            self._stopped_pools.add(pool)
+            unfinished = self._in_flight.pop(pool, set())
+        pool.stop()  # type: ignore[no-untyped-call]
+        for future in unfinished:
+            self._stopped.add(future)
+            future.cancel()
+        if wait:
+            pool.join()
+        else:
+            threading.Thread(target=pool.join, name="math_verify-stop-pool", daemon=True).start()

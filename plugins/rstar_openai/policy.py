@@ -12,9 +12,10 @@ differ in whether they say so, hence two ways to stop:
   the server stop generating. ``num_tokens`` is then the number of streamed chunks (one token each
   on these servers).
 
-Requests run concurrently (``max_concurrency`` at a time), with a timeout, and retries with
-exponential backoff on connection errors, timeouts, 429 and 5xx answers. ``extra_body`` is merged
-into every request, for server-specific parameters (``top_k``, ``repetition_penalty``, ...).
+Requests run concurrently (``max_concurrency`` at a time), with a timeout, and are retried (by
+``tenacity``) with exponential backoff and jitter on connection errors, timeouts, 429 and 5xx answers.
+``extra_body`` is merged into every request, for server-specific parameters (``top_k``,
+``repetition_penalty``, ...).
 """
 
 from __future__ import annotations
@@ -23,15 +24,22 @@ import asyncio
 import json
 import logging
 import os
-import random
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from rstar.backends import find_stop
-from rstar.config import Options
 from rstar.errors import MissingExtraError, RstarError
+from rstar.options import Options
 from rstar.types import GenerationRequest, GenerationResult, Sample
 
 log = logging.getLogger(__name__)
@@ -119,20 +127,32 @@ class OpenAIPolicy:
         self, client: Any, limit: asyncio.Semaphore, req: GenerationRequest, n: int, seed: int | None
     ) -> GenerationResult:
         body = self._body(req, n, seed)
-        delay = self.options.backoff_s
-        for attempt in range(self.options.max_retries + 1):
-            try:
-                async with limit:
-                    if self.options.stop_mode == "client":
-                        return await self._stream(client, body, req.stop)
-                    return self._parse(await self._post(client, body), req.stop, n)
-            except _Retryable as exc:
-                if attempt == self.options.max_retries:
-                    raise RstarError(f"{self._url}: {exc} (gave up after {attempt + 1} attempts)") from None
-                log.warning("%s: %s; retrying in %.1f s", self._url, exc, delay)
-                await asyncio.sleep(delay * (1 + random.random() / 2))
-                delay *= 2
+        attempts = self.options.max_retries + 1
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Retryable),
+            stop=stop_after_attempt(attempts),
+            # backoff_s, 2 backoff_s, 4 backoff_s, ... each plus up to half a backoff_s at random
+            wait=wait_exponential(multiplier=self.options.backoff_s, exp_base=2)
+            + wait_random(0, self.options.backoff_s / 2),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with limit:
+                        if self.options.stop_mode == "client":
+                            return await self._stream(client, body, req.stop)
+                        return self._parse(await self._post(client, body), req.stop, n)
+        except _Retryable as exc:
+            tries = retrying.statistics.get("attempt_number", attempts)
+            raise RstarError(f"{self._url}: {exc} (gave up after {tries} attempts)") from None
         raise AssertionError("unreachable")
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        wait = state.next_action.sleep if state.next_action else 0.0
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("%s: %s; retrying in %.1f s", self._url, exc, wait)
 
     # --- HTTP --------------------------------------------------------------------------------
 
