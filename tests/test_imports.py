@@ -37,3 +37,16 @@ def heavy_modules_after(body: str) -> list[str]:
 )
 def test_no_heavy_imports(body):
     assert heavy_modules_after(body) == []
+
+
+def test_architecture_contracts_hold():
+    """The import contracts of pyproject.toml ([tool.importlinter]): the kernel imports no plugin, the kernel's
+    modules import each other without a circle, and no plugin imports another plugin's private module."""
+    import shutil
+    from pathlib import Path
+
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert lint, "lint-imports is missing: install the dev extra (scripts/setup.sh dev)"
+    result = subprocess.run([lint], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "3 kept, 0 broken" in result.stdout
