@@ -22,7 +22,7 @@ import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, ValidationError
 from rstar.errors import ConfigError, RstarError, UnknownComponentError
 from rstar.options import Options, _format_error, options_problems
 from rstar.registry import Registry
+from rstar.steps import StepFormatOptions
 from rstar.types import Budget
 
 # --- the recipe's own keys -----------------------------------------------------------------------
@@ -45,23 +46,6 @@ COMPONENT_KEYS: dict[str, str] = {
     "search": "search",
 }
 """Recipe key -> component kind, for the components every search needs."""
-
-
-class StepFormatOptions(Options):
-    """How prompts are rendered (see `rstar.steps`)."""
-
-    prompt: str = Field("bootstrap", description="'bootstrap' (few-shot), 'sft', or a path to a prompt JSON file")
-    few_shot: int = Field(2, ge=0, description="number of few-shot examples (bootstrap prompt)")
-    interpreter: Literal["repl", "original"] = Field(
-        "repl",
-        description="'repl': a step's program runs like a notebook cell; 'original': its output is what the "
-        "original's Python tool returned (labels with 2+ prints, lost non-final prints)",
-    )
-    answer_extraction: Literal["last_box", "original"] = Field(
-        "last_box",
-        description="'last_box': the last \\boxed{} of an answer step; 'original': the original's extraction, "
-        "pitfalls included (cut at the first '.\\n')",
-    )
 
 
 class RecipeOptions(Options):

@@ -172,6 +172,11 @@ class StageContext(Protocol):
         ...
 
     @property
+    def run_recipe(self) -> Recipe:
+        """The whole recipe, rounds not merged (``recipe`` is this round's view of it)."""
+        ...
+
+    @property
     def registry(self) -> Registry: ...
 
     @property

@@ -281,7 +281,7 @@ class Runner:
         self, recipe: Recipe, components: Components, todo: list[Problem], trees_path: Path, finished: dict[str, Tree]
     ) -> None:
         strategy = self.registry.build("search", recipe.require("search"))
-        step_format = StepFormat.from_options(**recipe.options.step_format.model_dump())
+        step_format = StepFormat.from_config(recipe.options.step_format)
         o = recipe.options
         engine = Engine(components, max_in_flight=o.max_in_flight, max_batch=o.max_batch, seed=o.seed)
         with rundir.JsonlAppender(trees_path) as out:
@@ -308,6 +308,10 @@ class StageRun:
     @property
     def output_dir(self) -> Path:
         return self.runner.output_dir
+
+    @property
+    def run_recipe(self) -> Recipe:
+        return self.runner.validated
 
     @property
     def registry(self) -> Registry:

@@ -42,7 +42,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from rstar.errors import ConfigError
+from rstar.options import Options
 from rstar.types import Verdict
 
 CODE = "<code>"
@@ -137,6 +140,24 @@ Interpreter = Literal["repl", "original"]
 AnswerExtraction = Literal["last_box", "original"]
 
 
+class StepFormatOptions(Options):
+    """How prompts are rendered and step programs read: a recipe's ``step_format`` section, the one home of
+    the prompt and the few-shot count that search, extraction and training all use."""
+
+    prompt: str = Field("bootstrap", description="'bootstrap' (few-shot), 'sft', or a path to a prompt JSON file")
+    few_shot: int = Field(2, ge=0, description="number of few-shot examples (bootstrap prompt)")
+    interpreter: Interpreter = Field(
+        "repl",
+        description="'repl': a step's program runs like a notebook cell; 'original': its output is what the "
+        "original's Python tool returned (labels with 2+ prints, lost non-final prints)",
+    )
+    answer_extraction: AnswerExtraction = Field(
+        "last_box",
+        description="'last_box': the last \\boxed{} of an answer step; 'original': the original's extraction, "
+        "pitfalls included (cut at the first '.\\n')",
+    )
+
+
 @dataclass(frozen=True)
 class StepFormat:
     """Everything about the code-augmented step format, in one place."""
@@ -150,19 +171,27 @@ class StepFormat:
     @classmethod
     def from_options(
         cls,
-        prompt: str = "bootstrap",
-        few_shot: int = 2,
-        interpreter: Interpreter = "repl",
-        answer_extraction: AnswerExtraction = "last_box",
+        prompt: str | None = None,
+        few_shot: int | None = None,
+        interpreter: Interpreter | None = None,
+        answer_extraction: AnswerExtraction | None = None,
     ) -> StepFormat:
-        template = PromptTemplate.load(prompt)
+        """The step format of these options; those left out take `StepFormatOptions`' defaults."""
+        given = {"prompt": prompt, "few_shot": few_shot, "interpreter": interpreter}
+        given["answer_extraction"] = answer_extraction
+        return cls.from_config(StepFormatOptions(**{k: v for k, v in given.items() if v is not None}))
+
+    @classmethod
+    def from_config(cls, options: StepFormatOptions) -> StepFormat:
+        """The step format of a recipe's validated ``step_format`` section."""
+        template = PromptTemplate.load(options.prompt)
         stops = STOPS_BOOTSTRAP if template.examples else STOPS_STEP
         return cls(
             template=template,
-            few_shot=min(few_shot, len(template.examples)),
+            few_shot=min(options.few_shot, len(template.examples)),
             stops=stops,
-            interpreter=interpreter,
-            answer_extraction=answer_extraction,
+            interpreter=options.interpreter,
+            answer_extraction=options.answer_extraction,
         )
 
     # --- prompts -----------------------------------------------------------------------------

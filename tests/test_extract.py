@@ -28,7 +28,7 @@ from rstar_pipeline.extract import (
 from rstar_search.mcts import MCTS, MCTSOptions
 
 from rstar.engine import Components, Engine
-from rstar.errors import ConfigError, DataError, RstarError
+from rstar.errors import DataError, RstarError
 from rstar.steps import TOO_MANY_ERRORS, TOO_MANY_STEPS, StepFormat, extract_program
 from rstar.testing import ScriptedPolicy
 from rstar.testing.worlds import adder
@@ -322,7 +322,7 @@ def adder_trees(n: int) -> list[Tree]:
 def test_records_from_a_real_mcts_tree_reparse_with_the_step_format():
     # The adder world slips (writes a - b) in some first steps; everything after the first step is forced.
     trees = adder_trees(4)
-    result = extract(trees, ExtractOptions(min_edit_distance=0))
+    result = extract(trees, ExtractOptions(min_edit_distance=0), SFT)
     assert result.stats["problems_with_correct"] == 4 and result.sft and result.pairs
     for record in result.sft:
         t = next(t for t in trees if t.id == record["id"])
@@ -447,6 +447,17 @@ def test_importers_accept_json_lines_and_name_the_bad_record(tmp_path):
         import_rstar_sft(notalist, SFT)
 
 
-def test_an_unknown_prompt_names_the_extract_key():
-    with pytest.raises(ConfigError, match=r"extract\.prompt: no prompt 'nope'"):
-        extract([PAIR_TREE], ExtractOptions(prompt="nope"))
+def test_the_prompt_has_one_home_the_step_format():
+    """extract.prompt / extract.few_shot are gone: a recipe that still sets them is told where they went."""
+    from rstar.options import options_problems
+
+    problems = options_problems(ExtractOptions, {"prompt": "sft", "sft_top_k": 1}, "extract")
+    assert len(problems) == 1 and "records are rendered with the recipe's top-level step_format" in problems[0]
+    assert ExtractOptions(sft_top_k=1).sft_top_k == 1
+
+
+def test_records_are_rendered_with_the_given_step_format():
+    few_shot = StepFormat.from_options("bootstrap", 2)
+    records = extract([PAIR_TREE], DEFAULTS, few_shot).pairs
+    assert records and all(r["prompt"].startswith(few_shot.render_prompt(QUESTION)) for r in records)
+    assert all(r["prompt"].startswith(SFT.render_prompt(QUESTION)) for r in extract([PAIR_TREE], DEFAULTS, SFT).pairs)

@@ -196,3 +196,19 @@ def test_killed_in_the_middle_of_stages_and_resumed(tmp_path, write_recipe, tiny
     assert all((run / s / DONE).exists() for s in STAGES)
     metrics = json.loads((run / "train_sft" / "metrics.json").read_text())
     assert metrics.get("resumed_from") or metrics.get("resumed")
+
+
+def test_extraction_renders_the_trained_models_format_not_the_rounds(tmp_path, adder_jsonl, tiny_base):
+    """A round that overrides step_format (the bootstrap round's few-shot prompt) searches with it, but its
+    data is rendered with the top-level step_format, the one the trained models are searched with."""
+    from rstar.steps import StepFormat
+
+    recipe = pipeline_recipe(tmp_path, adder_jsonl, tiny_base, stages=["search", "extract"])
+    recipe["rounds"] = [{"step_format": {"prompt": "bootstrap", "few_shot": 1}}]
+    Runner(recipe, get_registry(), get_plugin_manager()).run()
+    extracted = tmp_path / "run" / "round_1" / "extract"
+    records = [json.loads(line) for line in (extracted / "sft.jsonl").read_text().splitlines()]
+    trees = read_trees(tmp_path / "run" / "round_1" / "search" / "trees.jsonl")
+    sft, bootstrap = StepFormat.from_options("sft", 0), StepFormat.from_options("bootstrap", 1)
+    assert records and all(r["prompt"] == sft.render_prompt(trees[r["id"]].question) for r in records)
+    assert all(not r["prompt"].startswith(bootstrap.render_prompt("")[:40]) for r in records)

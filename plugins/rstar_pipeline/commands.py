@@ -16,7 +16,7 @@ from rstar.errors import ConfigError
 from rstar.options import validate_options
 from rstar.rundir import write_jsonl
 from rstar.runner import StageRun
-from rstar.steps import StepFormat
+from rstar.steps import StepFormat, StepFormatOptions
 
 
 @click.command()
@@ -28,26 +28,32 @@ from rstar.steps import StepFormat
 @click.option(
     "--import-pairs", "import_pairs", type=click.Path(exists=True, dir_okay=False), help="original rStar PPM pair file"
 )
-@click.option("--prompt", default="sft", show_default=True, help="prompt template the records are rendered with")
+@click.option("--prompt", help="step_format.prompt of the records (default: the run's, else 'bootstrap')")
+@click.option("--few-shot", "few_shot", type=int, help="step_format.few_shot of the records (default: the run's)")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="an extraction option, e.g. sft_top_k=4")
 def extract(
     sources: tuple[str, ...],
     out_dir: str | None,
     import_sft: str | None,
     import_pairs: str | None,
-    prompt: str,
+    prompt: str | None,
+    few_shot: int | None,
     settings: tuple[str, ...],
 ) -> None:
     """Trees -> SFT data and PPM preference pairs (sft.jsonl, pairs.jsonl).
 
     SOURCES are trees.jsonl files or folders searched for them (a run, a round, a stage). Or convert
-    the original rStar's released files with --import-sft / --import-pairs.
+    the original rStar's released files with --import-sft / --import-pairs. Prompts are rendered with
+    the top-level step_format of the run the SOURCES belong to (its config.yaml), as the extract stage
+    does; --prompt and --few-shot override it.
     """
     from rstar_pipeline.extract import ExtractOptions, extract_files, import_rstar_pairs, import_rstar_sft
 
     if not sources and not (import_sft or import_pairs):
         raise ConfigError(["give trees (a run folder or trees.jsonl files) or --import-sft / --import-pairs"])
-    values: dict[str, Any] = {"prompt": prompt}
+    fmt, origin = step_format([Path(s) for s in sources], prompt, few_shot)
+    console.print(f"[dim]prompts: step_format {escape(origin)}[/]")
+    values: dict[str, Any] = {}
     for item in settings:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -60,10 +66,10 @@ def extract(
     target = Path(out_dir)
     target.mkdir(parents=True, exist_ok=True)
     if sources:
-        summary = extract_files([Path(s) for s in sources], target, options)
+        summary = extract_files([Path(s) for s in sources], target, options, fmt)
         out.print(json.dumps(summary, indent=2))
     if import_sft:
-        records = import_rstar_sft(Path(import_sft), StepFormat.from_options(options.prompt, options.few_shot))
+        records = import_rstar_sft(Path(import_sft), fmt)
         write_jsonl(target / "sft.jsonl", records)
         out.print(f"imported {len(records)} SFT records")
     if import_pairs:
@@ -71,6 +77,28 @@ def extract(
         write_jsonl(target / "pairs.jsonl", pairs)
         out.print(f"imported {len(pairs)} preference pairs")
     out.print(f"wrote {target}")
+
+
+def step_format(sources: list[Path], prompt: str | None, few_shot: int | None) -> tuple[StepFormat, str]:
+    """The step format records are rendered with: the top-level ``step_format`` of the run folder (the
+    nearest ``config.yaml`` above the first source), with ``--prompt`` / ``--few-shot`` over it; and a line
+    saying where it came from."""
+    keys: dict[str, Any] = {}
+    origin = "defaults"
+    for source in sources[:1]:
+        for folder in [source.resolve(), *source.resolve().parents]:
+            config = folder / "config.yaml"
+            if config.is_file():
+                recipe = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+                keys = dict(recipe.get("step_format") or {})
+                origin = f"from {config}"
+                break
+    if prompt is not None:
+        keys["prompt"] = prompt
+    if few_shot is not None:
+        keys["few_shot"] = few_shot
+    options = validate_options(StepFormatOptions, keys, "step_format")
+    return StepFormat.from_config(options), f"prompt={options.prompt}, few_shot={options.few_shot} ({origin})"
 
 
 @click.command()

@@ -23,9 +23,10 @@ only correct ones, and, as in the original, they are never negatives of a pair: 
 teaches the PPM little about which reasoning step was worse. Leaves without an answer (too many
 steps, a sample cut off without a stop string, unexpanded nodes) are not trajectories at all.
 
-Every record's ``prompt`` is rendered with the step format the *next* policy is trained and searched
-with (option ``prompt``), so that ``prompt + response`` is exactly the text the policy continues, and
-``prompt + pos`` / ``prompt + neg`` exactly the text the PPM scores at search time
+Every record's ``prompt`` is rendered with the step format the trained models are searched with: the
+recipe's top-level ``step_format`` (a round may override it for its own search, as the bootstrap round
+does; see `rstar_pipeline.stages.ExtractStage`), so that ``prompt + response`` is exactly the text the
+policy continues, and ``prompt + pos`` / ``prompt + neg`` exactly the text the PPM scores at search time
 (`rstar.reward.reward_text`). This removes the original's one-newline mismatch between training and
 inference prompts (bug 22).
 
@@ -50,9 +51,10 @@ from itertools import product
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from rstar.errors import ConfigError, DataError, RstarError
+from rstar.errors import DataError, RstarError
 from rstar.options import Options
 from rstar.rundir import read_jsonl, read_trees, write_jsonl
 from rstar.steps import SENTINELS, TOO_MANY_ERRORS, StepFormat
@@ -92,10 +94,18 @@ class ExtractOptions(Options):
     final_step_pairs: int = Field(
         2, ge=0, description="trajectory-level pairs: this many best correct vs worst wrong solutions; 0 disables"
     )
-    prompt: str = Field(
-        "sft", description="prompt template of the rendered prompts: 'sft', 'bootstrap' or a path to a .json file"
-    )
-    few_shot: int = Field(2, ge=0, description="worked examples in the rendered prompts (templates that have some)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and {"prompt", "few_shot"} & set(data):
+            raise PydanticCustomError(
+                "moved",
+                "extract.prompt and extract.few_shot are gone: records are rendered with the recipe's top-level "
+                "step_format (its prompt and few_shot), the format the trained models are searched with; "
+                "move the keys there",
+            )
+        return data
 
 
 @dataclass
@@ -381,16 +391,14 @@ def edit_distance(a: str, b: str, limit: int) -> int:
 # --- many trees ----------------------------------------------------------------------------------
 
 
-def extract(trees: Iterable[Tree], options: ExtractOptions) -> Extraction:
-    """SFT records and pairs of every tree, in tree order, with counts.
+def extract(trees: Iterable[Tree], options: ExtractOptions, fmt: StepFormat | None = None) -> Extraction:
+    """SFT records and pairs of every tree, in tree order, with counts; prompts rendered with ``fmt``
+    (default: the default step format, `rstar.config.StepFormatOptions`).
 
     A problem searched in several trees (e.g. a later round re-searching unsolved problems) gives
     records from each of them.
     """
-    try:
-        fmt = StepFormat.from_options(options.prompt, options.few_shot)
-    except ConfigError as exc:  # the template loader names the step_format section
-        raise ConfigError([p.replace("step_format.prompt", "extract.prompt") for p in exc.problems]) from None
+    fmt = fmt if fmt is not None else StepFormat.from_options()
     result = Extraction()
     dropped = _PairCounts()
     ids: set[str] = set()
@@ -438,8 +446,11 @@ def tree_files(sources: Sequence[Path]) -> list[Path]:
     return files
 
 
-def extract_files(sources: Sequence[Path], out_dir: Path, options: ExtractOptions) -> dict[str, Any]:
-    """Extract from every tree file of ``sources`` into ``out_dir/sft.jsonl`` and ``out_dir/pairs.jsonl``.
+def extract_files(
+    sources: Sequence[Path], out_dir: Path, options: ExtractOptions, fmt: StepFormat | None = None
+) -> dict[str, Any]:
+    """Extract from every tree file of ``sources`` into ``out_dir/sft.jsonl`` and ``out_dir/pairs.jsonl``,
+    prompts rendered with ``fmt``.
 
     Returns the counts of `extract` and the tree files read (the caller writes them as a summary).
     """
@@ -449,7 +460,7 @@ def extract_files(sources: Sequence[Path], out_dir: Path, options: ExtractOption
         for path in files:
             yield from read_trees(path).values()
 
-    result = extract(trees(), options)
+    result = extract(trees(), options, fmt)
     write_jsonl(out_dir / SFT_FILE, result.sft)
     write_jsonl(out_dir / PAIRS_FILE, result.pairs)
     return {**result.stats, "tree_files": [str(p) for p in files]}

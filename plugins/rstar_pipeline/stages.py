@@ -23,6 +23,7 @@ from rstar.errors import ConfigError, RstarError
 from rstar.interfaces import StageContext
 from rstar.options import Options
 from rstar.rundir import is_done, mark_done, read_summary, read_trees
+from rstar.steps import StepFormat
 from rstar_pipeline.extract import PAIRS_FILE, SFT_FILE, ExtractOptions, extract_files
 
 # --- sections -------------------------------------------------------------------------------------
@@ -108,7 +109,11 @@ class SearchUnsolvedStage:
 
 
 class ExtractStage:
-    """SFT data and preference pairs from the round's search trees (``sft.jsonl``, ``pairs.jsonl``)."""
+    """SFT data and preference pairs from the round's search trees (``sft.jsonl``, ``pairs.jsonl``).
+
+    Prompts are rendered with the recipe's top-level ``step_format``: the format the trained models are
+    searched with. A round may override ``step_format`` for its own search (the bootstrap round's few-shot
+    prompt for an untrained model); that does not change the format of the data it extracts."""
 
     needs: ClassVar[Mapping[str, str]] = {}
 
@@ -117,7 +122,8 @@ class ExtractStage:
         if not sources:
             raise RstarError(f"round {ctx.round}: stage 'extract' needs the round's 'search' stage first")
         options: ExtractOptions = ctx.recipe.section("extract")
-        return dict(extract_files(sources, ctx.folder, options))
+        fmt = StepFormat.from_config(ctx.run_recipe.options.step_format)
+        return dict(extract_files(sources, ctx.folder, options, fmt))
 
 
 def init_model(ctx: StageContext, stage: str) -> str:
