@@ -15,12 +15,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import Field
+
+from rstar.options import Options
 from rstar.types import GenerationRequest, GenerationResult, Sample
 
 log = logging.getLogger(__name__)
 
 LongPrompts = Literal["truncate", "skip"]
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class EngineOptions(Options):
+    """The keys every local engine backend (the bundled ``vllm`` and ``sglang``, a policy or a reward model)
+    shares; each engine's options add its own, under the engine's own names."""
+
+    tokenizer: str | None = Field(None, description="where to load the tokenizer from; default: the model's")
+    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint")
+
+
+class PolicyEngineOptions(EngineOptions):
+    """`EngineOptions` of a policy: what to do with prompts too long for the model."""
+
+    long_prompts: LongPrompts = Field(
+        "truncate",
+        description="prompts that leave too little room for max_tokens: 'truncate' cuts them from the left "
+        "(keeping their end), 'skip' answers empty samples with finish_reason 'length'",
+    )
+
 
 SEED_STRIDE = 1000003
 """Sample ``i`` of a request with seed ``s`` uses ``s * SEED_STRIDE + i`` where samples are seeded one by one."""

@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from rstar.errors import RstarError
+from rstar.options import Options
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,17 @@ def checkpoint_transform(model: str, trust_remote_code: bool = False) -> ScoreTr
     return ScoreTransform.from_dict(stored if isinstance(stored, dict) else None)
 
 
+class TransformOptions(Options):
+    """The keys of a reward backend that turn its raw score into a reward (`transform_option`)."""
+
+    transform: Literal["auto", "identity", "tanh"] = Field(
+        "auto",
+        description="raw score -> reward: 'auto' (the checkpoint's rstar_reward entry; identity without one), "
+        "'identity', or 'tanh' (tanh(raw / scale))",
+    )
+    scale: float = Field(1.0, gt=0, description="the tanh scale, used when transform is not 'auto'")
+
+
 def transform_option(choice: str, scale: float, model: str, trust_remote_code: bool = False) -> ScoreTransform:
     """A reward backend's ``transform`` option: ``auto`` reads the checkpoint's (`checkpoint_transform`);
     ``identity`` / ``tanh`` (with ``scale``) override it."""
@@ -105,4 +119,11 @@ def transform_option(choice: str, scale: float, model: str, trust_remote_code: b
     return ScoreTransform(transform=choice, scale=scale)  # type: ignore[arg-type]
 
 
-__all__ = ["CONFIG_KEY", "ScoreTransform", "checkpoint_transform", "reward_text", "transform_option"]
+__all__ = [
+    "CONFIG_KEY",
+    "ScoreTransform",
+    "TransformOptions",
+    "checkpoint_transform",
+    "reward_text",
+    "transform_option",
+]

@@ -34,7 +34,7 @@ from pydantic import Field
 from rstar.backends import (
     SEED_STRIDE,
     Dtype,
-    LongPrompts,
+    PolicyEngineOptions,
     PromptPlan,
     encoder_of,
     load_hf_tokenizer,
@@ -45,17 +45,15 @@ from rstar.backends import (
     stop_sample,
 )
 from rstar.errors import MissingExtraError, RstarError
-from rstar.options import Options
 from rstar.types import GenerationRequest, GenerationResult, Sample
 
 log = logging.getLogger(__name__)
 
 
-class SGLangOptions(Options):
+class SGLangOptions(PolicyEngineOptions):
     """Options of the ``sglang`` policy (``policy: {name: sglang, model: ..., ...}`` in a recipe)."""
 
     model: str = Field(min_length=1, description="the model: a Hub id or a local Hugging Face checkpoint directory")
-    tokenizer: str | None = Field(None, description="where to load the tokenizer from; default: the model's")
     dtype: Dtype = Field("auto", description="weights and activations; 'auto' takes the checkpoint's (bf16/fp16)")
     seed: int = Field(0, description="the engine's random seed (SGLang's random_seed)")
     context_length: int | None = Field(
@@ -68,12 +66,6 @@ class SGLangOptions(Options):
         lt=1,
         description="share of each GPU's memory for weights + KV cache; default: SGLang's choice for the GPU. "
         "Lower it to leave room for a reward model on the same GPU",
-    )
-    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint")
-    long_prompts: LongPrompts = Field(
-        "truncate",
-        description="prompts that leave too little room for max_tokens: 'truncate' cuts them from the left "
-        "(keeping their end), 'skip' answers empty samples with finish_reason 'length'",
     )
     async_engine: bool = Field(
         False, description="await each request with Engine.async_generate as it comes (continuous batching)"

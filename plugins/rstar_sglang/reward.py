@@ -23,14 +23,21 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
-from rstar.backends import Dtype, encoder_of, fit_tokens, load_hf_tokenizer, release_gpu_memory, report_cut
+from rstar.backends import (
+    Dtype,
+    EngineOptions,
+    encoder_of,
+    fit_tokens,
+    load_hf_tokenizer,
+    release_gpu_memory,
+    report_cut,
+)
 from rstar.errors import MissingExtraError, RstarError
-from rstar.options import Options
-from rstar.reward import reward_text, transform_option
+from rstar.reward import TransformOptions, reward_text, transform_option
 from rstar.types import RewardRequest
 
 log = logging.getLogger(__name__)
@@ -39,13 +46,12 @@ RETOKENIZE_TRIES = 4
 """Times a cut text is shortened again when decoding and re-encoding it gave more tokens than allowed."""
 
 
-class SGLangRewardOptions(Options):
+class SGLangRewardOptions(EngineOptions, TransformOptions):
     """Options of the ``sglang`` reward model (``reward_model: {name: sglang, model: ..., ...}`` in a recipe)."""
 
     model: str = Field(
         min_length=1, description="the reward checkpoint: a local directory written by the PPM trainer or a Hub id"
     )
-    tokenizer: str | None = Field(None, description="where to load the tokenizer from; default: the model's")
     dtype: Dtype = Field("auto", description="weights and activations; 'auto' takes the checkpoint's")
     context_length: int | None = Field(
         None, ge=2, description="context length; texts are cut to one token less. Default: the model's"
@@ -58,13 +64,6 @@ class SGLangRewardOptions(Options):
         description="share of each GPU's memory for weights + KV cache; 0.3 leaves room for a policy on the "
         "same GPU (give the policy at most about 0.6)",
     )
-    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint")
-    transform: Literal["auto", "identity", "tanh"] = Field(
-        "auto",
-        description="raw score -> reward: 'auto' (the checkpoint's rstar_reward entry; identity without one), "
-        "'identity', or 'tanh' (tanh(raw / scale))",
-    )
-    scale: float = Field(1.0, gt=0, description="the tanh scale, used when transform is not 'auto'")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="more keyword arguments for sglang.Engine (ServerArgs fields; override the options above)",

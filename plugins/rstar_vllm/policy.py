@@ -33,7 +33,7 @@ from pydantic import Field
 
 from rstar.backends import (
     Dtype,
-    LongPrompts,
+    PolicyEngineOptions,
     PromptPlan,
     encoder_of,
     load_hf_tokenizer,
@@ -44,17 +44,15 @@ from rstar.backends import (
     stop_sample,
 )
 from rstar.errors import MissingExtraError, RstarError
-from rstar.options import Options
 from rstar.types import GenerationRequest, GenerationResult, Sample
 
 log = logging.getLogger(__name__)
 
 
-class VLLMOptions(Options):
+class VLLMOptions(PolicyEngineOptions):
     """Options of the ``vllm`` policy (``policy: {name: vllm, model: ..., ...}`` in a recipe)."""
 
     model: str = Field(min_length=1, description="the model: a Hub id or a local Hugging Face checkpoint directory")
-    tokenizer: str | None = Field(None, description="where to load the tokenizer from; default: the model's")
     dtype: Dtype = Field("auto", description="weights and activations; 'auto' takes the checkpoint's (bf16/fp16)")
     seed: int = Field(0, description="the engine's seed, for requests that carry no seed of their own")
     max_model_len: int | None = Field(
@@ -70,12 +68,6 @@ class VLLMOptions(Options):
     )
     enable_prefix_caching: bool = Field(
         True, description="reuse the KV cache of shared prompt prefixes (tree search re-sends long prefixes)"
-    )
-    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint")
-    long_prompts: LongPrompts = Field(
-        "truncate",
-        description="prompts that leave too little room for max_tokens: 'truncate' cuts them from the left "
-        "(keeping their end), 'skip' answers empty samples with finish_reason 'length'",
     )
     async_engine: bool = Field(
         False, description="use vLLM's async engine: requests flow in as searches make them (continuous batching)"

@@ -24,28 +24,25 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
-from rstar.backends import Dtype, encoder_of, fit_tokens, release_gpu_memory, report_cut
+from rstar.backends import Dtype, EngineOptions, encoder_of, fit_tokens, release_gpu_memory, report_cut
 from rstar.errors import MissingExtraError, RstarError
-from rstar.options import Options
-from rstar.reward import reward_text, transform_option
+from rstar.reward import TransformOptions, reward_text, transform_option
 from rstar.types import RewardRequest
 
 log = logging.getLogger(__name__)
 
-TransformChoice = Literal["auto", "identity", "tanh"]
 
 
-class VLLMRewardOptions(Options):
+class VLLMRewardOptions(EngineOptions, TransformOptions):
     """Options of the ``vllm`` reward model (``reward_model: {name: vllm, model: ..., ...}`` in a recipe)."""
 
     model: str = Field(
         min_length=1, description="the reward checkpoint: a local directory written by the PPM trainer or a Hub id"
     )
-    tokenizer: str | None = Field(None, description="where to load the tokenizer from; default: the model's")
     dtype: Dtype = Field(
         "auto", description="weights and activations; 'auto' lets vLLM choose (float32 checkpoints run in 16 bits)"
     )
@@ -61,13 +58,6 @@ class VLLMRewardOptions(Options):
     enable_prefix_caching: bool | None = Field(
         None, description="reuse the KV cache of shared prefixes; default: vLLM's choice for pooling models"
     )
-    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint")
-    transform: TransformChoice = Field(
-        "auto",
-        description="raw score -> reward: 'auto' (the checkpoint's rstar_reward entry; identity without one), "
-        "'identity', or 'tanh' (tanh(raw / scale))",
-    )
-    scale: float = Field(1.0, gt=0, description="the tanh scale, used when transform is not 'auto'")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="more keyword arguments for vllm.LLM (override the options above)"
     )
