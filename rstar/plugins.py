@@ -1,4 +1,5 @@
-"""The plugin manager: bundled and third-party plugins, all loaded from the ``rstar`` entry-point group.
+"""The plugin manager: the kernel's own ``core`` plugin (`rstar.builtin`), then the bundled and third-party
+plugins, all loaded from the ``rstar`` entry-point group.
 
 Environment switches:
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import pluggy
 
-from rstar import hookspecs
+from rstar import builtin, hookspecs
 
 BLOCK_ENV = "RSTAR_BLOCK_PLUGINS"
 TRACE_ENV = "RSTAR_TRACE_PLUGINS"
@@ -40,6 +41,8 @@ def make_plugin_manager(
     pm.add_hookspecs(hookspecs)
     for name in blocked_plugins():
         pm.set_blocked(name)
+    if not pm.is_blocked("core"):
+        pm.register(builtin, name="core")
     if entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for name, plugin in extra_plugins:

@@ -114,7 +114,9 @@ class Runner:
 
     def search(self) -> StageResult:
         """A single search into ``<output_dir>/search`` (the ``rstar search`` command); needs no stage plugin."""
-        return self._guarded(lambda: self._stage("search", 0, self.validated, self.output_dir / "search", _Search()))
+        return self._guarded(
+            lambda: self._stage("search", 0, self.validated, self.output_dir / "search", SearchStage())
+        )
 
     def run_stage(self, stage: str, round_index: int) -> StageResult:
         """One stage of one round (``rstar train``), skipped if already done, as in `run`."""
@@ -340,8 +342,9 @@ class StageRun:
         return self.runner.registry.build(kind, spec)
 
 
-class _Search:
-    """The search of ``rstar search``: the kernel's one stage, needing no plugin."""
+class SearchStage:
+    """The ``search`` stage (registered by `rstar.builtin`) and ``rstar search``: search every problem of
+    the round's dataset into ``trees.jsonl``, resumably."""
 
     needs: ClassVar[Mapping[str, str]] = {}
 
@@ -407,4 +410,4 @@ def search_summary(trees: list[Tree], seconds: float, strategy: str) -> dict[str
     }
 
 
-__all__ = ["CHECKPOINT_MARKER", "ComponentCache", "Runner", "StageResult", "StageRun", "search_summary"]
+__all__ = ["CHECKPOINT_MARKER", "ComponentCache", "Runner", "SearchStage", "StageResult", "StageRun", "search_summary"]

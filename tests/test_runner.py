@@ -190,3 +190,17 @@ def test_a_sandbox_that_cannot_run_stops_the_search_before_the_policy_loads(reci
     with pytest.raises(RstarError, match="apt-get install bubblewrap"):
         runner.search()
     assert not any(str(what).startswith("policy") for what in loading)
+
+
+def test_the_kernel_searches_without_the_pipeline_plugin(recipe, monkeypatch):
+    """Search is the kernel's: with the bundled pipeline blocked, `rstar search` and a round of the `search`
+    stage still run; a recipe listing a pipeline stage is told that no plugin registers it."""
+    monkeypatch.setenv("RSTAR_BLOCK_PLUGINS", "pipeline")
+    pm = make_plugin_manager()
+    registry = Registry.from_plugin_manager(pm)
+    assert registry.names("stage") == ["search"] and "extract" not in registry.names("section")
+    result = Runner(recipe, registry, pm).search()
+    assert result.summary["problems"] == 6 and result.summary["accuracy"] is not None
+    assert Runner({**recipe, "output_dir": recipe["output_dir"] + "2"}, registry, pm).run()[0].summary["problems"] == 6
+    with pytest.raises(ConfigError, match="unknown stage 'extract'; known stages: search"):
+        Runner({**recipe, "stages": ["search", "extract"]}, registry, pm)

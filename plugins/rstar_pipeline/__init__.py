@@ -3,7 +3,8 @@ read, the per-round report, and the ``extract``, ``train`` and ``compare`` comma
 
 The kernel (``rstar``) runs rounds of named stages and offers a resumable search; everything that
 makes those rounds rStar-Math's lives here, registered through the same hooks a third-party plugin
-uses. Block it (``RSTAR_BLOCK_PLUGINS=pipeline``) and ``rstar search`` still works.
+uses. Block it (``RSTAR_BLOCK_PLUGINS=pipeline``) and ``rstar search`` (and a recipe of ``search`` stages,
+the kernel's one stage) still works.
 """
 
 from __future__ import annotations

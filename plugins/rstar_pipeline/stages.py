@@ -1,6 +1,7 @@
 """The stages of a self-evolution round, and the recipe sections they read.
 
-A round of rStar-Math (ALGORITHM.md section 7) is: ``search`` the training problems, ``search_unsolved``
+A round of rStar-Math (ALGORITHM.md section 7) is: ``search`` the training problems (the kernel's own
+stage, `rstar.runner.SearchStage`), ``search_unsolved``
 (search again, harder, the problems with no correct answer), ``extract`` SFT data and preference pairs
 from the trees, ``train_sft`` the policy, ``train_ppm`` the reward model, and ``evaluate`` the round's
 models on held-out problems. Each is a `rstar.interfaces.Stage` the runner calls with a
@@ -83,15 +84,6 @@ def check_evaluate(
 
 
 # --- stages ---------------------------------------------------------------------------------------
-
-
-class SearchStage:
-    """Search every problem of the round's dataset into ``trees.jsonl``."""
-
-    needs: ClassVar[Mapping[str, str]] = {}
-
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        return ctx.search(ctx.recipe, ctx.folder)
 
 
 class SearchUnsolvedStage:
@@ -213,11 +205,10 @@ class EvaluateStage:
 
 
 STAGES: Sequence[tuple[str, str, str]] = (
-    ("search", "SearchStage", "search every problem of the round's dataset"),
     ("search_unsolved", "SearchUnsolvedStage", "search again the problems with no correct answer"),
     ("extract", "ExtractStage", "SFT data and preference pairs from the round's trees"),
     ("train_sft", "TrainSFTStage", "fine-tune the policy on the round's SFT data"),
     ("train_ppm", "TrainPPMStage", "train the process preference model on the round's pairs"),
     ("evaluate", "EvaluateStage", "searches of held-out problems with the round's models"),
 )
-"""Stage name, class in this module, description: what ``rstar_pipeline`` registers."""
+"""Stage name, class in this module, description: what ``rstar_pipeline`` registers (``search`` is the kernel's)."""
