@@ -264,6 +264,45 @@ def plugins(as_json: bool) -> None:
         out.print(f"blocked by RSTAR_BLOCK_PLUGINS: {', '.join(blocked_plugins())}")
 
 
+@cli.command()
+@click.argument("target", nargs=-1, metavar="[KIND] NAME")
+@click.option("--markdown", is_flag=True, help="print the Markdown table the docs show")
+@click.option("--nested/--no-nested", default=True, help="list a nested section's keys as section.key (default)")
+def options(target: tuple[str, ...], markdown: bool, nested: bool) -> None:
+    """Show the options of a component, a plugin section or the recipe itself: key, default, meaning.
+
+    \b
+    rstar options verifier subprocess    a component, by kind and name
+    rstar options mcts                   a name only one kind has
+    rstar options recipe                 the recipe's own keys (also: budget, step_format)
+    rstar options section extract        a plugin's section
+    rstar options                        list what can be shown
+    """
+    from rstar.docs import option_rows, options_markdown, resolve_target, targets
+    from rstar.registry import get_registry
+
+    registry = get_registry()
+    if not target:
+        out.print("rstar options TARGET shows the options of:", highlight=False)
+        for name in targets(registry):
+            out.print(f"  {escape(name)}", highlight=False)
+        return
+    found = resolve_target(target, registry)
+    if markdown:
+        click.echo(options_markdown(found.model, nested=nested))
+        return
+    rows = option_rows(found.model, nested=nested) if found.model is not None else []
+    if not rows:
+        out.print(f"{escape(found.title)} takes no options", highlight=False)
+        return
+    table = Table(title=escape(found.title), title_justify="left")
+    for column in ("key", "default", "meaning"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(escape(row.key), escape(row.default), escape(row.meaning))
+    out.print(table)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``rstar`` command."""
     try:
