@@ -114,9 +114,9 @@ def test_every_command_has_a_section():
             assert any(h.startswith(f"`rstar {reg.name}") for h in documented), f"docs/cli.md: no rstar {reg.name}"
 
 
-KERNEL_MARKERS = ["recipe --no-nested", "budget", "step_format", "rstar_pipeline.compare:CompareOptions"]
+KERNEL_MARKERS = ["recipe --no-nested", "budget", "step_format", "section compare"]
 """The recipes page's tables that are not a registered component's: the recipe's own keys, its sections, and the
-``compare`` section (registered as a check function, so its model is named by its import path)."""
+``compare`` section (registered as a check function that carries its model as ``Options``)."""
 
 
 def test_every_bundled_component_and_option_is_in_the_recipes_page():
@@ -279,7 +279,7 @@ def test_rstar_options_prints_the_table(capsys):
         (["verifier", "nope"], ["unknown verifier 'nope'", "subprocess (plugin sandbox)"]),
         (["hf"], ["'hf' names a policy", "rstar options policy hf", "rstar options dataset hf"]),
         (["gadget", "x"], ["unknown component kind 'gadget'", "verifier"]),
-        (["section", "compare"], ["checked by a function"]),
+        (["section", "evaluate"], ["checked by a function"]),
     ],
 )
 def test_rstar_options_errors_name_what_exists(capsys, args, fragments):

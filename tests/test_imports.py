@@ -32,8 +32,11 @@ def heavy_modules_after(body: str) -> list[str]:
         "from rstar.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
         "from rstar.cli import main\ntry:\n    main(['plugins'])\nexcept SystemExit:\n    pass",
         "from rstar.cli import main\ntry:\n    main(['plugins', '--json'])\nexcept SystemExit:\n    pass",
+        "from rstar.cli import main\nfor name in ('hf', 'vllm', 'sglang', 'subprocess', 'docker', 'sft', 'ppm'):\n"
+        "    for kind in ('policy', 'reward_model', 'verifier', 'trainer'):\n"
+        "        try:\n            main(['options', kind, name])\n        except SystemExit:\n            pass",
     ],
-    ids=["import", "core-modules", "help", "plugins", "plugins-json"],
+    ids=["import", "core-modules", "help", "plugins", "plugins-json", "options"],
 )
 def test_no_heavy_imports(body):
     assert heavy_modules_after(body) == []

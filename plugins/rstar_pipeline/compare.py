@@ -202,6 +202,9 @@ def check_section(
     return CompareOptions.model_validate(dict(value)), []
 
 
+check_section.Options = CompareOptions  # type: ignore[attr-defined]  # what `rstar options compare` shows
+
+
 def compare_problems(data: Mapping[str, Any], registry: Registry) -> list[str]:
     """Every problem of a compare recipe, at once: the recipe as a whole (`rstar.config.check_recipe`,
     which checks the grid through `check_section`) and a missing ``compare`` section."""

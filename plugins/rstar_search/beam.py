@@ -30,7 +30,12 @@ class BeamOptions(Options):
         None, ge=1, description="samples per beam node; None: the beam width (budget.samples), as the original's 8/8"
     )
     temperature: float = Field(1.0, ge=0, description="sampling temperature of the policy")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 = off)",
+    )
     errors_threshold: int = Field(
         1,
         ge=1,

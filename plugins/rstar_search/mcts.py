@@ -57,7 +57,12 @@ class MCTSOptions(Options):
     expand_samples: int = Field(4, ge=1, description="samples per expansion (the original's n_generate_sample)")
     c: float = Field(2.0, ge=0, description="UCT exploration constant (the original's c_puct)")
     temperature: float = Field(0.7, ge=0, description="sampling temperature of the policy")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 = off)",
+    )
     mode: Literal["sampling", "test"] = Field(
         "sampling",
         description="sampling: answers get +1/-1 from the reference answer (training data); "

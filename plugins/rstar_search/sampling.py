@@ -25,7 +25,12 @@ class ChainOptions(Options):
     """How each chain is sampled: the options every independent-sample strategy shares."""
 
     temperature: float = Field(0.7, ge=0, description="sampling temperature (0 = greedy)")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 = off)",
+    )
     granularity: Literal["step", "block"] = Field(
         "step", description="one policy call per step, or per code block (then one for the answer)"
     )
@@ -37,7 +42,7 @@ class SamplingOptions(ChainOptions):
 
 
 class GreedyOptions(SamplingOptions):
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, description="sampling temperature (0: the most likely token)")
 
 
 class SelfConsistencyOptions(ChainOptions):
