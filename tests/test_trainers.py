@@ -190,6 +190,47 @@ def test_processes_started_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rank_zero_only.rank == 0  # probing leaves this process's rank (and its logging) as it was
 
 
+def lr_per_step(options: SFTOptions, total: int) -> list[float]:
+    """The learning rate of each of ``total`` optimizer steps (and the one after) under ``configure_adamw``."""
+    from types import SimpleNamespace
+
+    from rstar_lightning._run import configure_adamw
+
+    module = torch.nn.Linear(2, 2)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=total)  # type: ignore[assignment]
+    configured = configure_adamw(module, options)  # type: ignore[arg-type]
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(total + 1):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_learning_rate_schedule_is_hf_linear_with_warmup() -> None:
+    """Hugging Face's ``linear`` schedule (the reference's Trainer): lr * step / warmup, then down to 0."""
+    no_warmup = lr_per_step(SFTOptions(lr=1.0), total=10)
+    assert no_warmup == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    warmup = lr_per_step(SFTOptions(lr=1.0, warmup_steps=3), total=10)
+    assert warmup[:4] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])  # the first step at 0, as in transformers
+    assert warmup[4:] == pytest.approx([6 / 7, 5 / 7, 4 / 7, 3 / 7, 2 / 7, 1 / 7, 0.0])
+
+
+def test_a_worker_that_outlives_rank_0_is_stopped_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure torch's ``elastic_launch`` does not cover (see ``rstar_lightning._launch``): a rank that
+    hangs once the others are done is stopped after ``FINISH_TIMEOUT_S`` and named, instead of waited for."""
+    from rstar_lightning import _launch
+
+    monkeypatch.setattr(_launch, "FINISH_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(_launch, "STOP_GRACE_S", 1.0)
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    hanging = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    with pytest.raises(RstarError, match=rf"worker rank 2 \(pid {hanging.pid}\) did not finish within 1 s"):
+        _launch._finish([done, hanging])
+    assert hanging.poll() is not None and done.poll() == 0
+
+
 # --- sft -------------------------------------------------------------------------------------------------
 
 

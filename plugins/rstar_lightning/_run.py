@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from transformers import get_linear_schedule_with_warmup
 
 from rstar_lightning._checkpoint import base_dtype, save_checkpoint, save_dtype
 from rstar_lightning._data import make_loader, read_jsonl
@@ -92,15 +93,10 @@ def configure_adamw(module: pl.LightningModule, options: TrainOptions) -> Any:
         {"params": flat, "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=options.lr)
+    # The reference trains with Hugging Face's Trainer (``lr_scheduler_type: linear``), i.e. this schedule:
+    # lr * step / warmup during warm-up (0 at the first step), then linear decay to 0 at the last step.
     total = max(1, int(module.trainer.estimated_stepping_batches))
-    warmup = options.warmup_steps
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
