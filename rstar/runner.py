@@ -352,6 +352,12 @@ class SearchStage:
         return ctx.search(ctx.recipe, ctx.folder)
 
 
+def replace_markers(value: Any, fn: Callable[[str, str], str], path: str = "") -> Any:
+    """``value`` (a typed recipe, a component spec, options, mappings, lists) with every checkpoint-marker string
+    replaced by ``fn(marker, key path)``; what holds no marker is returned as it is."""
+    return _walk(value, fn, path)
+
+
 def _walk(value: Any, fn: Callable[[str, str], str], path: str) -> Any:
     """``value`` with every checkpoint-marker string replaced by ``fn(marker, key path)``, through typed
     recipes, component specs, options models, mappings and lists; unchanged parts are kept as they are."""
@@ -410,4 +416,13 @@ def search_summary(trees: list[Tree], seconds: float, strategy: str) -> dict[str
     }
 
 
-__all__ = ["CHECKPOINT_MARKER", "ComponentCache", "Runner", "SearchStage", "StageResult", "StageRun", "search_summary"]
+__all__ = [
+    "CHECKPOINT_MARKER",
+    "ComponentCache",
+    "Runner",
+    "SearchStage",
+    "StageResult",
+    "StageRun",
+    "replace_markers",
+    "search_summary",
+]

@@ -103,8 +103,12 @@ def test_two_rounds_end_to_end(tmp_path, adder_jsonl, tiny_base):
     r2 = read_trees(run / "round_2" / "search" / "trees.jsonl")
     assert all(t.usage.reward_calls == 0 for t in r1.values())
     assert all(t.usage.reward_calls > 0 for t in r2.values())
+    # round 0: the base policy, evaluated before round 1's models; a run that needs a trained PPM has no round 0
+    base = run / "round_0" / "evaluate"
+    assert (base / DONE).exists() and len(read_trees(base / "greedy" / "trees.jsonl")) == 6
+    assert not (base / "mcts_ppm").exists()
     report = (run / "report.md").read_text()
-    assert "| 1 |" in report and "| 2 |" in report and "eval: mcts_ppm" in report
+    assert "| 0 |" in report and "| 1 |" in report and "| 2 |" in report and "eval: mcts_ppm" in report
     assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run does nothing
     again = Runner(pipeline_recipe(tmp_path, adder_jsonl, tiny_base), get_registry(), get_plugin_manager()).run()
@@ -196,6 +200,27 @@ def test_killed_in_the_middle_of_stages_and_resumed(tmp_path, write_recipe, tiny
     assert all((run / s / DONE).exists() for s in STAGES)
     metrics = json.loads((run / "train_sft" / "metrics.json").read_text())
     assert metrics.get("resumed_from") or metrics.get("resumed")
+
+
+def test_round_0_evaluates_the_base_model_with_the_base_format(tmp_path, tiny_base):
+    """Round 0's runs: @round.sft / @previous.sft stand for the base model, the step format is round 1's (the one
+    the base model is searched with), and runs that need a trained PPM are left out."""
+    from rstar_pipeline.stages import base_runs
+
+    from rstar.runner import StageRun
+
+    recipe = pipeline_recipe(tmp_path, tmp_path / "p.jsonl", tiny_base)
+    recipe["policy"] = {"name": "hf", "model": "base-model-on-the-hub"}
+    recipe["evaluate"]["runs"]["greedy"]["policy"] = {"model": "@round.sft"}
+    recipe["evaluate"]["runs"]["greedy"]["step_format"] = {"prompt": "sft", "few_shot": 0}
+    recipe["rounds"] = [{"step_format": {"prompt": "bootstrap", "few_shot": 1}}, {}]
+    runner = Runner(recipe, get_registry(), get_plugin_manager())
+    ctx = StageRun(runner, runner.validated.round(1), 1, tmp_path / "run" / "round_1" / "evaluate")
+    runs = base_runs(ctx)
+    assert list(runs) == ["greedy"]  # mcts_ppm needs @round.ppm
+    greedy = runs["greedy"]
+    assert greedy.require("policy").options.model == str(tiny_base)  # base_model, not the top-level policy's
+    assert greedy.options.step_format.prompt == "bootstrap" and greedy.options.step_format.few_shot == 1
 
 
 def test_extraction_renders_the_trained_models_format_not_the_rounds(tmp_path, adder_jsonl, tiny_base):

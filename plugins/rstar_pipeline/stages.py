@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +24,7 @@ from rstar.errors import ConfigError, RstarError
 from rstar.interfaces import StageContext
 from rstar.options import Options
 from rstar.rundir import is_done, mark_done, read_summary, read_trees
+from rstar.runner import replace_markers
 from rstar.steps import StepFormat
 from rstar_pipeline.extract import PAIRS_FILE, SFT_FILE, ExtractOptions, extract_files
 
@@ -181,27 +182,67 @@ class TrainPPMStage(TrainStage):
 
 
 class EvaluateStage:
-    """One search per ``evaluate.runs`` label into ``evaluate/<label>/``, models shared between runs."""
+    """One search per ``evaluate.runs`` label into ``evaluate/<label>/``, models shared between runs.
+
+    In round 1 it first evaluates **round 0**, the base policy, into ``round_0/evaluate/<label>/``: each run with
+    ``@round.sft`` / ``@previous.sft`` standing for the base model, searched with the step format round 1
+    searches the base model with; a run that needs a trained PPM (``@...ppm``) has no round 0 and is left out.
+    So the report starts from where the base model stood."""
 
     needs: ClassVar[Mapping[str, str]] = {"evaluate": "{runs: {greedy: {search: {name: greedy}}}}"}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
+        if ctx.round == 1:
+            base = base_runs(ctx)
+            if base:
+                folder = ctx.round_dir(0) / "evaluate"
+                if not is_done(folder):
+                    folder.mkdir(parents=True, exist_ok=True)
+                    mark_done(folder, evaluate(ctx, base, folder, round_index=0))
         evaluation: Evaluation = ctx.recipe.section("evaluate")
-        summaries: dict[str, Any] = {}
-        cache = ctx.components()
-        try:
-            for label, recipe in evaluation.runs.items():
-                folder = ctx.folder / label
-                if is_done(folder):
-                    summaries[label] = read_summary(folder)
-                    continue
-                folder.mkdir(parents=True, exist_ok=True)
-                ctx.progress("evaluate_run", {"round": ctx.round, "label": label})
-                summaries[label] = ctx.search(recipe, folder, cache=cache)
-                mark_done(folder, summaries[label])
-        finally:
-            cache.close()
-        return {"runs": summaries}
+        return evaluate(ctx, evaluation.runs, ctx.folder, ctx.round)
+
+
+def evaluate(ctx: StageContext, runs: Mapping[str, Recipe], folder: Path, round_index: int) -> dict[str, Any]:
+    """One search per run into ``folder/<label>/``, each resumable and marked done; models shared."""
+    summaries: dict[str, Any] = {}
+    cache = ctx.components()
+    try:
+        for label, recipe in runs.items():
+            run_folder = folder / label
+            if is_done(run_folder):
+                summaries[label] = read_summary(run_folder)
+                continue
+            run_folder.mkdir(parents=True, exist_ok=True)
+            ctx.progress("evaluate_run", {"round": round_index, "label": label})
+            summaries[label] = ctx.search(recipe, run_folder, cache=cache)
+            mark_done(run_folder, summaries[label])
+    finally:
+        cache.close()
+    return {"runs": summaries, "seconds": round(sum(float(r.get("seconds", 0) or 0) for r in summaries.values()), 2)}
+
+
+def base_runs(ctx: StageContext) -> dict[str, Recipe]:
+    """The ``evaluate`` runs as round 0 sees them: policy markers stand for the base model, the step format is
+    the one round 1 searches the base model with; runs that need a trained PPM are left out."""
+    evaluation: Evaluation | None = ctx.run_recipe.round(1).section("evaluate")
+    if evaluation is None:
+        return {}
+    model = base_model(ctx.run_recipe)
+    base_format = ctx.run_recipe.round(1).options.step_format
+    runs: dict[str, Recipe] = {}
+    for label, recipe in evaluation.runs.items():
+        needs_ppm = []
+
+        def base(marker: str, path: str, needs_ppm: list[str] = needs_ppm) -> str:
+            if marker.endswith(".ppm"):
+                needs_ppm.append(path)
+            return model
+
+        resolved = replace_markers(recipe, base)
+        if not needs_ppm:
+            runs[label] = replace(resolved, options=resolved.options.model_copy(update={"step_format": base_format}))
+    return runs
 
 
 STAGES: Sequence[tuple[str, str, str]] = (
