@@ -13,7 +13,6 @@ import pytest
 from rstar.types import CodeJob, Problem, Reference, Verdict
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 class FakeInProcessVerifier:

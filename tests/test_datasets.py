@@ -2,12 +2,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import typing
+from importlib import resources
 
 import pytest
-from conftest import SHARED_DATA
-from rstar_data.loaders import HubDataset, HubOptions, JsonlDataset, JsonlOptions
+from rstar_data import benchmarks
+from rstar_data.loaders import (
+    BenchmarkDataset,
+    BenchmarkOptions,
+    BenchmarkSet,
+    HubDataset,
+    HubOptions,
+    JsonlDataset,
+    JsonlOptions,
+)
 
-from rstar.errors import DataError, MissingExtraError
+from rstar.errors import ConfigError, DataError, MissingExtraError
 
 
 def test_jsonl_limit_offset_and_types(tmp_path):
@@ -35,12 +45,37 @@ def test_duplicate_ids_are_reported_with_line(tmp_path):
         JsonlDataset(JsonlOptions(path=str(path))).load()
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="needs ../shared/data")
 @pytest.mark.parametrize(("name", "count"), [("gsm8k", 1319), ("math500", 500), ("aime2024", 30), ("amc23", 40)])
-def test_shared_evaluation_sets_load(name, count):
-    problems = JsonlDataset(JsonlOptions(path=str(SHARED_DATA / f"{name}_test.jsonl"))).load()
+def test_the_bundled_evaluation_sets_load_by_name(name, count):
+    problems = BenchmarkDataset(BenchmarkOptions(set=name)).load()
     assert len(problems) == count
-    assert all(p.question and p.answer is not None for p in problems)
+    assert [p.id for p in problems] == [str(i) for i in range(count)]
+    assert all(p.question.strip() and isinstance(p.answer, str) and p.answer.strip() for p in problems)
+    assert all(p.meta == {} for p in problems)
+
+
+def test_a_bundled_set_by_name_from_a_recipe_section_with_limit_and_offset():
+    from rstar.registry import get_registry
+
+    registry = get_registry()
+    whole = registry.build("dataset", {"name": "benchmark", "set": "aime2024"}).load()
+    part = registry.build("dataset", {"name": "benchmark", "set": "aime2024", "limit": 3, "offset": 5}).load()
+    assert [p.id for p in part] == ["5", "6", "7"] and part == whole[5:8]
+    assert whole[0].answer == "204"  # AIME 2024 I, problem 1
+    with pytest.raises(ConfigError, match=r"dataset\.set: .*'gsm8k', 'math500', 'aime2024' or 'amc23'"):
+        registry.build("dataset", {"name": "benchmark", "set": "gsm8k_test"})
+
+
+def test_every_bundled_set_has_its_file_and_its_notice():
+    assert tuple(benchmarks.SETS) == typing.get_args(BenchmarkSet)
+    for name in benchmarks.SETS:
+        assert benchmarks.file(name).is_file(), name
+    notice = (resources.files(benchmarks) / "NOTICE.md").read_text(encoding="utf-8")
+    for name in benchmarks.SETS:
+        assert f"`{name}.jsonl`" in notice, f"NOTICE.md does not name {name}.jsonl"
+    assert "MIT" in notice and "(MAA)" in notice
+    with pytest.raises(KeyError, match="no bundled set 'gsm8k_test'"):
+        benchmarks.file("gsm8k_test")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
@@ -67,7 +102,7 @@ def test_every_bundled_dataset_names_limit_and_offset_alike():
     from rstar.registry import get_registry
 
     registry = get_registry()
-    for name in ("arithmetic", "hf", "jsonl"):
+    for name in ("arithmetic", "benchmark", "hf", "jsonl"):
         fields = registry.get("dataset", name).options_model().model_fields
         assert {"limit", "offset"} <= set(fields), name
         assert fields["offset"].default == 0 and fields["limit"].default is None, name

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, FakeExactChecker, FakeInProcessVerifier
+from conftest import FakeExactChecker, FakeInProcessVerifier
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rstar_pipeline.extract import (
@@ -389,38 +389,103 @@ def test_write_and_read_jsonl(tmp_path):
 
 # --- importers ------------------------------------------------------------------------------------------------
 
-RSTAR_FORMAT = SHARED_DATA / "rstar_format"
-needs_examples = pytest.mark.skipif(not RSTAR_FORMAT.is_dir(), reason="shared rstar_format examples not present")
+
+def _steps(*steps: str, output: str, answer: str) -> str:
+    """A solution in the original's code format: steps ending in ``<end_of_step>``, then output and answer."""
+    body = "\n<end_of_step>\n\n".join(steps)
+    return f"<code>\n{body}\n<end_of_code>\n<output>{output}<end_of_output>\n<answer>{answer}<end_of_answer>"
 
 
-@needs_examples
-def test_import_rstar_sft_example():
-    records = import_rstar_sft(RSTAR_FORMAT / "sft_example.json", SFT)
-    raw = json.loads((RSTAR_FORMAT / "sft_example.json").read_text())
-    assert len(records) == len(raw) == 8
+# Records written here in the formats of the original's released files (its SFT data: a JSON list of
+# {query, response}; its PPM pairs: a JSON list of {prompt, pos, neg, pos_count, neg_count}, the prompt
+# "<|user|>:\n" + question, each side "\n<|assistant|>: " + the text the model wrote).
+RSTAR_SFT = [
+    {
+        "query": "What is $3 \\times 4 - 5$?",
+        "response": _steps(
+            "# Step 1: Multiply 3 by 4\nproduct = 3 * 4",
+            "# Step 2: Subtract 5 from the product\nresult = product - 5",
+            "# Now print the final answer\nprint(result)",
+            output="7",
+            answer="The value is \\boxed{7}.",
+        ),
+    },
+    {
+        "query": "A train travels at 60 miles per hour for 2.5 hours. How many miles does it travel?",
+        "response": _steps(
+            "# Step 1: Distance is speed times time\ndistance = 60 * 2.5",
+            "# Now print the final answer\nprint(int(distance))",
+            output="150",
+            answer="The train travels \\boxed{150} miles.",
+        ),
+    },
+    {
+        "query": "Solve $2x + 6 = 14$ for $x$.",
+        "response": _steps(
+            "# Step 1: Subtract 6 from both sides, then divide by 2\nx = (14 - 6) // 2",
+            "# Now print the final answer\nprint(x)",
+            output="4",
+            answer="So $x = \\boxed{4}$.",
+        ),
+    },
+]
+_HEAD = "\n<|assistant|>: Let's think step by step and solve the problem with code."
+RSTAR_PAIRS = [
+    {  # whole solutions, the wrong one off by one
+        "prompt": "<|user|>:\nA shop sells 3 pens for $2. How many dollars do 12 pens cost?",
+        "pos": _HEAD + _steps("# Step 1: 4 groups of 3 pens\nprint(12 // 3 * 2)", output="8", answer="\\boxed{8}"),
+        "neg": _HEAD + _steps("# Step 1: Round the price up\nprint(12 * 2 // 3 + 1)", output="9", answer="\\boxed{9}"),
+        "pos_count": 3,
+        "neg_count": 1,
+    },
+    {  # one step: the same question, continued well and badly
+        "prompt": "<|user|>:\nHow many days are there from March 3 to March 17, counting both days?",
+        "pos": _HEAD + "<code>\n# Step 1: Count both ends\ndays = 17 - 3 + 1\n<end_of_step>",
+        "neg": _HEAD + "<code>\n# Step 1: Subtract the dates\ndays = 17 - 3\n<end_of_step>",
+        "pos_count": 2,
+        "neg_count": 2,
+    },
+    {
+        "prompt": "<|user|>:\nWhat is the remainder when 100 is divided by 7?",
+        "pos": _HEAD + _steps("# Step 1: The remainder\nprint(100 % 7)", output="2", answer="\\boxed{2}"),
+        "neg": _HEAD + _steps("# Step 1: The quotient\nprint(100 // 7)", output="14", answer="\\boxed{14}"),
+        "pos_count": 1,
+        "neg_count": 4,
+    },
+]
+
+
+@pytest.fixture
+def rstar_format(tmp_path: Path) -> Path:
+    """A folder holding ``sft_example.json`` and ``ppm_pairs_example.json`` in the original's formats."""
+    (tmp_path / "sft_example.json").write_text(json.dumps(RSTAR_SFT, indent=1), encoding="utf-8")
+    (tmp_path / "ppm_pairs_example.json").write_text(json.dumps(RSTAR_PAIRS, indent=1), encoding="utf-8")
+    return tmp_path
+
+
+def test_import_rstar_sft_example(rstar_format):
+    records = import_rstar_sft(rstar_format / "sft_example.json", SFT)
+    raw = json.loads((rstar_format / "sft_example.json").read_text())
+    assert len(records) == len(raw) == 3
     first = records[0]
     assert first["question"] == raw[0]["query"] and first["response"] == raw[0]["response"]
     assert first["prompt"] == SFT.render_prompt(raw[0]["query"])
     assert (
         first["id"].startswith("sft-")
-        and first["id"] == import_rstar_sft(RSTAR_FORMAT / "sft_example.json", SFT)[0]["id"]
+        and first["id"] == import_rstar_sft(rstar_format / "sft_example.json", SFT)[0]["id"]
     )
-    assert SFT.parse(first["response"]).final_answer == "4"
+    assert [SFT.parse(r["response"]).final_answer for r in records] == ["7", "150", "4"]
 
 
-@needs_examples
-def test_import_rstar_pairs_example():
-    records = import_rstar_pairs(RSTAR_FORMAT / "ppm_pairs_example.json")
-    raw = json.loads((RSTAR_FORMAT / "ppm_pairs_example.json").read_text())
-    assert len(records) == 5
+def test_import_rstar_pairs_example(rstar_format):
+    records = import_rstar_pairs(rstar_format / "ppm_pairs_example.json")
+    raw = json.loads((rstar_format / "ppm_pairs_example.json").read_text())
+    assert len(records) == 3
     assert [(r["prompt"], r["pos"], r["neg"], r["pos_count"], r["neg_count"]) for r in records] == [
         (x["prompt"], x["pos"], x["neg"], x["pos_count"], x["neg_count"]) for x in raw
     ]
     assert {r["kind"] for r in records} == {"imported"}
-    assert (
-        records[1]["question"]
-        == "Today (April 11, 2010) is a Sunday. What day of the week is Children's Day (June 1, 2010) in 2010?"
-    )
+    assert records[1]["question"] == "How many days are there from March 3 to March 17, counting both days?"
 
 
 def test_importers_accept_json_lines_and_name_the_bad_record(tmp_path):

@@ -6,19 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED_DATA
+from conftest import REPO
 from test_cli import rstar
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "gsm8k_test.jsonl").exists(), reason="needs ../shared/data")
 def test_quickstart_search_with_smollm2_on_three_problems(tmp_path):
     out = tmp_path / "run"
     proc = rstar(
         "search",
         str(REPO / "recipes" / "quickstart_search.yaml"),
-        f"dataset.path={SHARED_DATA / 'gsm8k_test.jsonl'}",
         "dataset.limit=3",
         "budget.samples=2",
         "budget.max_step_tokens=160",

@@ -316,15 +316,12 @@ def test_llama_cpp_server_with_client_side_stops(llama_server):
 
 @pytest.mark.integration
 def test_quickstart_search_through_llama_cpp(llama_server, tmp_path):
-    from conftest import REPO, SHARED_DATA
+    from conftest import REPO
     from test_cli import rstar
 
-    if not (SHARED_DATA / "gsm8k_test.jsonl").exists():
-        pytest.skip("needs ../shared/data")
     proc = rstar(
         "search",
         str(REPO / "recipes" / "quickstart_search.yaml"),
-        f"dataset.path={SHARED_DATA / 'gsm8k_test.jsonl'}",
         "dataset.limit=2",
         "budget.samples=2",
         "budget.max_step_tokens=96",

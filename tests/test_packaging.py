@@ -1,4 +1,4 @@
-"""Packaging: the distribution builds without warnings about its own metadata."""
+"""Packaging: the distribution builds without warnings about its own metadata and carries its data files."""
 
 from __future__ import annotations
 
@@ -32,3 +32,12 @@ def test_the_wheel_builds_without_metadata_warnings(tmp_path):
     text = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "License-Expression: MIT" in text
     assert any(n.endswith("licenses/LICENSE") for n in names)
+    # The evaluation sets ship as package data of rstar_data, each file whole, with their sources and licences.
+    benchmarks = REPO / "plugins" / "rstar_data" / "benchmarks"
+    for name in ("gsm8k", "math500", "aime2024", "amc23", "NOTICE"):
+        file = f"{name}.md" if name == "NOTICE" else f"{name}.jsonl"
+        member = f"rstar_data/benchmarks/{file}"
+        assert member in names, f"{member} is not in the wheel"
+        assert zipfile.ZipFile(wheel).read(member) == (benchmarks / file).read_bytes(), member
+    assert "rstar_data/benchmarks/__init__.py" in names
+    assert "absent from the `packages` configuration" not in output, output[-3000:]

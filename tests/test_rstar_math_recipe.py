@@ -42,7 +42,7 @@ def miniature(tmp_path: Path, base: Path, problems: Path) -> list[str]:
         "max_batch=256",
         f"base_model={base}",
         f"dataset.path={problems}",
-        f"evaluate.dataset.path={problems}",
+        f"evaluate.dataset={{name: jsonl, path: {problems}}}",
         f"policy={SCRIPTED}",
         "verifier.max_workers=2",
         "answer_checker.workers=1",

@@ -1,16 +1,19 @@
-"""Dataset loaders: JSONL files of ``{id, question, answer}`` and Hugging Face datasets."""
+"""Dataset loaders: JSONL files of ``{id, question, answer}``, the evaluation sets shipped with rstar and Hugging
+Face datasets."""
 
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from rstar.errors import DataError, MissingExtraError
 from rstar.options import Options
 from rstar.types import Problem
+from rstar_data import benchmarks
 
 
 class JsonlOptions(Options):
@@ -67,6 +70,32 @@ def to_problem(record: Any, question_key: str, answer_key: str, id_key: str, whe
         answer = [str(a) for a in answer]
     meta = {k: v for k, v in record.items() if k not in (question_key, answer_key, id_key)}
     return Problem(id=str(record.get(id_key, index)), question=question, answer=answer, meta=meta)
+
+
+BenchmarkSet = Literal["gsm8k", "math500", "aime2024", "amc23"]
+
+
+class BenchmarkOptions(Options):
+    set: BenchmarkSet = Field(
+        description="which set: 'gsm8k' (GSM8K test, 1,319 problems), 'math500' (MATH-500, 500), 'aime2024' "
+        "(AIME 2024, 30) or 'amc23' (AMC 2023, 40)"
+    )
+    limit: int | None = Field(None, ge=1, description="use only the first `limit` problems (after `offset`)")
+    offset: int = Field(0, ge=0, description="skip this many problems first")
+
+
+class BenchmarkDataset:
+    """A standard evaluation set shipped with rstar, by name; sources and licences in ``benchmarks/NOTICE.md``."""
+
+    Options = BenchmarkOptions
+
+    def __init__(self, options: BenchmarkOptions) -> None:
+        self.options = options
+
+    def load(self) -> list[Problem]:
+        o = self.options
+        with resources.as_file(benchmarks.file(o.set)) as path:
+            return JsonlDataset(JsonlOptions(path=str(path), limit=o.limit, offset=o.offset)).load()
 
 
 class HubOptions(Options):
