@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("transformers")
 
 import rstar_hf
-from conftest import FakeExactChecker, FakeInProcessVerifier
+from fakes import FakeExactChecker, FakeInProcessVerifier
 from rstar_hf.reward import HFRewardModel, HFRewardOptions, _special_tokens, choose_transform
 from rstar_search.mcts import MCTS, MCTSOptions
 

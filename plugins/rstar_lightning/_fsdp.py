@@ -13,7 +13,7 @@ Lightning 2.6 runs FSDP on GPUs only, for three reasons that are all on its side
 
 On GPUs every method is Lightning's own. With this, ``strategy: fsdp`` runs on CPU processes (gloo),
 so its sharding, gathering, checkpoints and resume are tested on any machine
-(``tests/test_trainers_distributed.py``).
+(``tests/plugins/lightning/test_trainers_distributed.py``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,24 @@
+"""Helpers shared by tests in several folders: the repository root, the ``rstar`` command, toy problems."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from rstar.types import Problem
+
+REPO = Path(__file__).resolve().parents[1]
+"""The repository's root folder."""
+
+RSTAR = shutil.which("rstar", path=str(Path(sys.executable).parent)) or "rstar"
+
+
+def rstar(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the ``rstar`` command of this environment; its output is captured as text."""
+    return subprocess.run([RSTAR, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def adder_problems(n: int) -> list[Problem]:
+    return [Problem(id=f"p{i}", question=f"What is {i * 7} plus {i + 3}?", answer=str(i * 8 + 3)) for i in range(n)]

@@ -1,0 +1,334 @@
+"""``rstar compare``: the grid of cells, their caching, the bootstrap interval, the output files and the
+command. Uses the scripted ``adder`` policy; code runs in-process and answers are compared as strings (the
+fakes of conftest, registered by a test plugin) to stay fast. The runner's tests cover the real verifier
+and checker."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+import rstar_pipeline.compare as compare_module
+import yaml
+from click.testing import CliRunner
+from fakes import FakeExactChecker, FakeInProcessVerifier
+from rstar_pipeline.compare import (
+    COLUMNS,
+    CompareOptions,
+    Comparison,
+    bootstrap_ci,
+    compare_problems,
+    merge_strategy,
+    plan_cells,
+)
+
+from rstar import hookimpl
+from rstar.cli import cli
+from rstar.errors import ConfigError
+from rstar.plugins import make_plugin_manager
+from rstar.registry import Registry
+from rstar.rundir import DONE
+
+
+class Fakes:
+    """Registers conftest's in-process verifier and exact-match checker as ``inprocess`` and ``exact``."""
+
+    @hookimpl
+    def register_verifiers(self, register):
+        register("inprocess", lambda options: FakeInProcessVerifier())
+
+    @hookimpl
+    def register_answer_checkers(self, register):
+        register("exact", lambda options: FakeExactChecker())
+
+
+DRAW = compare_module.plot
+
+
+@pytest.fixture(autouse=True)
+def no_plot(monkeypatch):
+    """Drawing costs a second or two per run; only the plot test draws."""
+    monkeypatch.setattr(compare_module, "plot", lambda rows, path, confidence=0.95: False)
+
+
+@pytest.fixture
+def recipe(tmp_path, adder_jsonl):
+    return {
+        "output_dir": str(tmp_path / "cmp"),
+        "seed": 1,
+        "dataset": {"name": "jsonl", "path": str(adder_jsonl)},
+        "policy": {"name": "scripted", "fn": "rstar.testing.worlds:adder"},
+        "verifier": {"name": "inprocess"},
+        "answer_checker": {"name": "exact"},
+        "search": {"name": "best_of_n", "vote": "majority"},
+        "budget": {"samples": 2, "max_depth": 4},
+        "compare": {
+            "budgets": [3, 1],
+            "strategies": {
+                "greedy": {"search": {"name": "greedy"}, "budgets": [1]},
+                "vote": {},
+                "mcts": {"search": {"name": "mcts", "expand_samples": 2}},
+            },
+            "bootstrap": 200,
+        },
+    }
+
+
+@pytest.fixture
+def pm():
+    return make_plugin_manager([("fakes", Fakes())])
+
+
+@pytest.fixture
+def registry(pm):
+    return Registry.from_plugin_manager(pm)
+
+
+def run(recipe, registry, pm):
+    events = []
+    result = Comparison(recipe, registry, pm, progress=lambda e, p: events.append((e, p))).run()
+    cells = [(p["label"], p["budget"], p["status"]) for e, p in events if e == "cell"]
+    return result, cells
+
+
+def test_the_grid_has_one_row_per_cell_with_its_budgets(recipe, registry, pm, tmp_path):
+    result, cells = run(recipe, registry, pm)
+    assert [(r["strategy"], r["budget"]) for r in result.rows] == [
+        ("greedy", 1),
+        ("vote", 1),
+        ("vote", 3),
+        ("mcts", 1),
+        ("mcts", 3),
+    ]
+    assert [c[2] for c in cells] == ["computed"] * 5
+    assert [r["search"] for r in result.rows] == ["greedy", "best_of_n", "best_of_n", "mcts", "mcts"]
+    for row in result.rows:
+        folder = tmp_path / "cmp" / "cells" / row["strategy"] / f"samples_{row['budget']}"
+        assert (folder / "search" / DONE).exists()
+        stored = yaml.safe_load((folder / "config.yaml").read_text())
+        assert stored["budget"] == {"samples": row["budget"], "max_depth": 4}
+        assert row["problems"] == 6
+        assert row["accuracy"] == row["correct"] / 6
+        assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
+    # best_of_n with 3 chains makes 3 first-step samples in one request, then one request per step and chain:
+    # the adder's solutions take three steps, so 1 + 2 * 3 = 7 policy calls per problem.
+    vote3 = next(r for r in result.rows if (r["strategy"], r["budget"]) == ("vote", 3))
+    assert vote3["policy_calls"] == 6 * 7
+    greedy = result.rows[0]
+    # Greedy: one chain of three steps. The adder slips on some seeds whatever the temperature.
+    assert greedy["policy_calls"] == 6 * 3 and greedy["correct"] == 4
+    # mcts's options replaced best_of_n's section: no 'vote' key leaked into it.
+    mcts_config = yaml.safe_load((tmp_path / "cmp" / "cells" / "mcts" / "samples_1" / "config.yaml").read_text())
+    assert mcts_config["search"] == {"name": "mcts", "expand_samples": 2}
+
+
+def test_a_second_run_searches_nothing(recipe, registry, pm, monkeypatch):
+    first, _ = run(recipe, registry, pm)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a cached cell was searched again")
+
+    monkeypatch.setattr(compare_module, "Runner", no_search)
+    second, cells = run(recipe, registry, pm)
+    assert [c[2] for c in cells] == ["reused"] * 5
+    strip = [{k: v for k, v in r.items() if k != "status"} for r in second.rows]
+    assert strip == [{k: v for k, v in r.items() if k != "status"} for r in first.rows]
+
+
+def test_changing_one_strategy_recomputes_only_its_cells(recipe, registry, pm):
+    run(recipe, registry, pm)
+    recipe["compare"]["strategies"]["mcts"]["search"]["c"] = 1.0
+    _, cells = run(recipe, registry, pm)
+    assert cells == [
+        ("greedy", 1, "reused"),
+        ("vote", 1, "reused"),
+        ("vote", 3, "reused"),
+        ("mcts", 1, "recomputed"),
+        ("mcts", 3, "recomputed"),
+    ]
+
+
+def test_adding_a_budget_computes_only_the_new_cells(recipe, registry, pm):
+    run(recipe, registry, pm)
+    recipe["compare"]["budgets"] = [1, 2, 3]
+    result, cells = run(recipe, registry, pm)
+    assert [c for c in cells if c[2] != "reused"] == [("vote", 2, "computed"), ("mcts", 2, "computed")]
+    assert len(result.rows) == 7
+
+
+def test_an_interrupted_cell_resumes(recipe, registry, pm, tmp_path):
+    run(recipe, registry, pm)
+    stage = tmp_path / "cmp" / "cells" / "vote" / "samples_3" / "search"
+    lines = (stage / "trees.jsonl").read_text().splitlines(keepends=True)
+    (stage / DONE).unlink()
+    (stage / "trees.jsonl").write_text("".join(lines[:4]))
+    result, cells = run(recipe, registry, pm)
+    assert ("vote", 3, "resumed") in cells
+    assert next(r for r in result.rows if (r["strategy"], r["budget"]) == ("vote", 3))["problems"] == 6
+
+
+def test_output_files(recipe, registry, pm, tmp_path):
+    result, _ = run(recipe, registry, pm)
+    out = tmp_path / "cmp"
+    rows = list(csv.DictReader(io.StringIO((out / "compare.csv").read_text())))
+    assert tuple(rows[0]) == COLUMNS
+    assert [(r["strategy"], r["budget"]) for r in rows] == [(r["strategy"], str(r["budget"])) for r in result.rows]
+    first = result.rows[0]
+    assert rows[0]["correct"] == "4" and float(rows[0]["accuracy"]) == pytest.approx(4 / 6)
+    assert (float(rows[0]["ci_low"]), float(rows[0]["ci_high"])) == (first["ci_low"], first["ci_high"])
+    assert rows[0]["tokens_per_problem"] == str(first["tokens_per_problem"]) != "0.0"
+    report = json.loads((out / "compare.json").read_text())
+    assert report["bootstrap"] == 200 and report["confidence"] == 0.95
+    assert [r["strategy"] for r in report["rows"]] == ["greedy", "vote", "vote", "mcts", "mcts"]
+    assert report["rows"][0]["status"] == "computed"
+    md = (out / "compare.md").read_text().splitlines()
+    table = [line for line in md if line.startswith("|")]
+    assert table[0].startswith("| strategy | search | budget | problems | accuracy | 95% CI |")
+    assert len(table) == 2 + 5
+    ci = f"[{first['ci_low']:.1%}, {first['ci_high']:.1%}]"
+    assert table[2].startswith(f"| greedy | greedy | 1 | 6 | 66.7% | {ci} | {first['generated_tokens']} |")
+    assert result.files["csv"] == out / "compare.csv"
+
+
+@pytest.mark.slow
+def test_plot_is_a_png_when_matplotlib_is_present(recipe, registry, pm, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(compare_module, "plot", DRAW)
+    result, _ = run(recipe, registry, pm)
+    png = tmp_path / "cmp" / "compare.png"
+    assert result.files["plot"] == png and result.plot_note is None
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_fix_named(recipe, registry, pm, tmp_path):
+    result, _ = run(recipe, registry, pm)
+    assert "plot" not in result.files and (tmp_path / "cmp" / "compare.csv").exists()
+    assert "pip install 'rstar[plot]'" in result.plot_note
+
+
+# --- the bootstrap -----------------------------------------------------------------------------------
+
+
+def test_bootstrap_is_deterministic_and_bounded():
+    outcomes = [True] * 7 + [False] * 13
+    a = bootstrap_ci(outcomes, 500, 0.95, seed=3)
+    assert a == bootstrap_ci(list(reversed(outcomes)), 500, 0.95, seed=3)
+    assert a is not None
+    low, high = a
+    assert 0.0 <= low < 0.35 < high <= 1.0
+    # The binomial standard error is sqrt(.35 * .65 / 20) = 0.107: the 95% interval spans about +-0.21.
+    assert 0.1 <= low <= 0.2 and 0.5 <= high <= 0.6
+
+
+def test_bootstrap_degenerate_cases():
+    assert bootstrap_ci([True] * 5, 100) == (1.0, 1.0)
+    assert bootstrap_ci([False] * 5, 100) == (0.0, 0.0)
+    assert bootstrap_ci([], 100) is None
+    assert bootstrap_ci([True, False], 0) is None
+
+
+def test_a_wider_confidence_gives_a_wider_interval():
+    outcomes = [True, False, True, True, False, False, True, False, True, True]
+    narrow = bootstrap_ci(outcomes, 1000, 0.5, seed=0)
+    wide = bootstrap_ci(outcomes, 1000, 0.99, seed=0)
+    assert narrow is not None and wide is not None
+    assert wide[0] <= narrow[0] <= narrow[1] <= wide[1]
+
+
+# --- merging and validation --------------------------------------------------------------------------
+
+
+def test_merge_replaces_a_renamed_component_and_merges_the_same_one():
+    base = {"search": {"name": "best_of_n", "vote": "majority", "temperature": 0.7}, "reward_model": {"name": "x"}}
+    assert merge_strategy(base, {"search": {"name": "mcts"}})["search"] == {"name": "mcts"}
+    assert merge_strategy(base, {"search": {"temperature": 0.0}})["search"] == {
+        "name": "best_of_n",
+        "vote": "majority",
+        "temperature": 0.0,
+    }
+    assert merge_strategy(base, {"reward_model": None})["reward_model"] is None
+    assert merge_strategy(base, {"budgets": [1]}) == base
+    assert "compare" not in merge_strategy({**base, "compare": {"budgets": [1]}}, {})
+
+
+def test_invalid_sections_report_every_problem_with_its_key_path(recipe, registry):
+    recipe["compare"] = {
+        "budgets": [0, 2],
+        "strategies": {
+            "mcts": {"search": {"name": "mcts", "widht": 3}},
+            "bad label": {},
+            "vote": {"budgets": [], "output_dir": "x", "budget": {"samples": 3}},
+        },
+        "confidence": 1.5,
+        "boostrap": 10,
+    }
+    recipe["dataset"]["limt"] = 3
+    problems = compare_problems(recipe, registry)
+    text = "\n".join(problems)
+    assert "compare.budgets.0: " in text
+    assert "compare.confidence: " in text
+    assert "compare.boostrap: unknown key" in text and "did you mean 'bootstrap'" in text
+    assert any(p.startswith("compare.strategies.mcts.search.widht: unknown key") for p in problems)
+    assert "compare.strategies.bad label: a label names a folder" in text
+    assert "compare.strategies.vote.budgets: " in text
+    assert "compare.strategies.vote.output_dir: " in text
+    assert "compare.strategies.vote.budget.samples: set by the grid" in text
+    # A problem of the base recipe is reported once, not once per strategy.
+    assert [p for p in problems if p.startswith("dataset.limt")] == [problems[0]]
+    with pytest.raises(ConfigError) as info:
+        plan_cells(recipe, registry)
+    assert len(info.value.problems) == len(problems) >= 9
+
+
+def test_a_recipe_without_a_compare_section_says_how_to_add_one(recipe, registry):
+    del recipe["compare"]
+    assert [p for p in compare_problems(recipe, registry) if p.startswith("compare: required section is missing")]
+
+
+def test_compare_options_defaults():
+    options = CompareOptions.model_validate({"strategies": {"a": {}}})
+    assert (options.budgets, options.bootstrap, options.confidence, options.seed) == ([1, 2, 4], 1000, 0.95, 0)
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def command_with_fakes(monkeypatch, registry, pm):
+    """The command, with the registry and plugin manager that know the fakes."""
+    import rstar.plugins
+    import rstar.registry
+
+    monkeypatch.setattr(rstar.registry, "get_registry", lambda: registry)
+    monkeypatch.setattr(rstar.plugins, "get_plugin_manager", lambda: pm)
+    return lambda *args: CliRunner().invoke(cli, ["compare", *args])
+
+
+def test_the_command_prints_the_table_and_the_files(recipe, tmp_path, command_with_fakes):
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = command_with_fakes(str(path), "compare.budgets=[1]")
+    assert result.exit_code == 0, result.output
+    assert "vote" in result.output and "mcts" in result.output and "comparison" in result.output
+    assert "compare.csv" in result.output
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"][-1]["budget"] == 1
+    again = command_with_fakes(str(path), "compare.budgets=[1]")
+    assert again.exit_code == 0 and "reused" in again.output
+
+
+def test_the_command_reports_recipe_problems(recipe, tmp_path, command_with_fakes):
+    recipe["compare"]["strategies"]["mcts"]["search"]["widht"] = 3
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = command_with_fakes(str(path))
+    assert result.exit_code != 0
+    assert "compare.strategies.mcts.search.widht" in str(result.exception)
+
+
+def test_plot_says_false_when_matplotlib_cannot_be_imported(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert DRAW([], tmp_path / "x.png") is False
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,280 @@
+"""The ``vllm`` policy around the engine call, against a fake ``vllm`` module (a test fake injected into
+``sys.modules``): request building, stop handling, result mapping, long prompts, async mode, closing.
+
+No test here runs vLLM itself (it needs a GPU); see docs/plugins/engines.md for what ran where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import pydantic
+import pytest
+import rstar_vllm
+from fakes.tokenizers import BOS, decode
+from fakes.vllm_policy import CODE, STEP, FakeCompletion, FakeVLLM
+from rstar_vllm.policy import VLLMOptions, VLLMPolicy
+
+from rstar.backends import keep_stop, plan_prompts
+from rstar.errors import MissingExtraError, RstarError
+from rstar.plugins import make_plugin_manager
+from rstar.registry import Registry
+from rstar.types import GenerationRequest, Sample
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> FakeVLLM:
+    fake = FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module())
+    return fake
+
+
+def make(**options: Any) -> VLLMPolicy:
+    return VLLMPolicy(VLLMOptions(model=options.pop("model", "some/model"), **options))
+
+
+def run(policy: VLLMPolicy, *requests: GenerationRequest) -> list[Any]:
+    return asyncio.run(policy.generate(list(requests)))
+
+
+# --- registration and options ----------------------------------------------------------------------
+
+
+def test_registered_as_vllm_and_options_reject_unknown_keys():
+    registry = Registry.from_plugin_manager(make_plugin_manager([("vllm", rstar_vllm)], entry_points=False))
+    assert "vllm" in registry.names("policy")
+    with pytest.raises(RstarError, match="best_of"):
+        registry.build("policy", {"name": "vllm", "model": "m", "best_of": 4})
+    with pytest.raises(pydantic.ValidationError):
+        VLLMOptions(model="m", gpu_memory_utilization=1.5)
+
+
+def test_missing_vllm_names_the_extra(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(MissingExtraError, match=r"'vllm' extra.*\[vllm\]"):
+        make()
+
+
+def test_engine_arguments_prefix_caching_on_and_engine_kwargs_override(fake_vllm: FakeVLLM):
+    make(
+        tokenizer="tok",
+        max_model_len=2048,
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.5,
+        engine_kwargs={"enforce_eager": True, "seed": 7},
+    )
+    kwargs = fake_vllm.engines[0].kwargs
+    assert kwargs["enable_prefix_caching"] is True
+    assert kwargs["model"] == "some/model" and kwargs["tokenizer"] == "tok"
+    assert kwargs["max_model_len"] == 2048 and kwargs["tensor_parallel_size"] == 2
+    assert kwargs["gpu_memory_utilization"] == 0.5
+    assert kwargs["enforce_eager"] is True and kwargs["seed"] == 7
+
+
+# --- requests and results ----------------------------------------------------------------------------
+
+
+def test_sampling_params_are_built_from_each_request(fake_vllm: FakeVLLM):
+    policy = make()
+    run(
+        policy,
+        GenerationRequest("a", n=3, max_tokens=20, temperature=0.7, top_p=0.9, stop=(STEP, CODE), seed=11),
+        GenerationRequest("b", n=1, max_tokens=5),
+    )
+    assert len(fake_vllm.calls) == 1  # one batch, one engine call
+    prompts, params = fake_vllm.calls[0]
+    assert prompts == ["a", "b"]
+    assert params[0].kwargs == {
+        "n": 3,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "max_tokens": 20,
+        "seed": 11,
+        "include_stop_str_in_output": True,
+        "skip_special_tokens": False,
+        "stop": [STEP, CODE],
+    }
+    assert "stop" not in params[1].kwargs and params[1].kwargs["seed"] is None
+    assert "best_of" not in params[0].kwargs
+
+
+def test_n_samples_come_back_in_index_order_with_token_counts(fake_vllm: FakeVLLM):
+    [result] = run(make(), GenerationRequest("q", n=3, stop=(STEP,)))
+    assert [s.text for s in result.samples] == [f"s0 {STEP}", f"s1 {STEP}", f"s2 {STEP}"]
+    assert [s.num_tokens for s in result.samples] == [2, 3, 4]
+    assert all(s.finish_reason == "stop" and s.stop == STEP for s in result.samples)
+    assert result.prompt_tokens == 2  # BOS + "q"
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        (FakeCompletion(0, f"x = 1 {CODE}", [1, 2], "stop", CODE), Sample(f"x = 1 {CODE}", "stop", CODE, 2)),
+        # an engine that dropped the stop string: it is put back, once
+        (FakeCompletion(0, "x = 1 ", [1, 2], "stop", CODE), Sample(f"x = 1 {CODE}", "stop", CODE, 2)),
+        # text running past the stop string (within its last token): cut after it
+        (FakeCompletion(0, f"x {CODE}\n", [1, 2], "stop", CODE), Sample(f"x {CODE}", "stop", CODE, 2)),
+        (FakeCompletion(0, "done", [1, 2, 3], "stop", 42), Sample("done", "eos", None, 3)),  # a stop token id
+        (FakeCompletion(0, "done", [1, 2, 3], "stop", None), Sample("done", "eos", None, 3)),  # EOS
+        (FakeCompletion(0, "cut of", [1] * 5, "length", None), Sample("cut of", "length", None, 5)),
+    ],
+)
+def test_stop_handling(fake_vllm: FakeVLLM, completion: FakeCompletion, expected: Sample):
+    fake_vllm.respond = lambda prompt, params: [completion]
+    [result] = run(make(), GenerationRequest("q", stop=(STEP, CODE)))
+    assert result.samples == (expected,)
+
+
+def test_wrong_sample_count_is_an_error(fake_vllm: FakeVLLM):
+    fake_vllm.respond = lambda prompt, params: [FakeCompletion(0, "x", [1], "length")]
+    with pytest.raises(RstarError, match="1 samples for n=2"):
+        run(make(), GenerationRequest("q", n=2))
+
+
+def test_empty_batch_makes_no_call(fake_vllm: FakeVLLM):
+    assert run(make()) == []
+    assert fake_vllm.calls == []
+
+
+# --- long prompts ---------------------------------------------------------------------------------------
+
+
+def test_long_prompt_is_cut_from_the_left_keeping_its_end_and_bos(fake_vllm: FakeVLLM, caplog):
+    fake_vllm.max_model_len = 64
+    policy = make()
+    long = "".join(chr(ord("a") + i % 26) for i in range(100))
+    with caplog.at_level(logging.WARNING):
+        results = run(policy, GenerationRequest(long, max_tokens=8), GenerationRequest("short", max_tokens=8))
+    prompts, params = fake_vllm.calls[0]
+    ids = prompts[0]["prompt_token_ids"]
+    assert len(ids) == 64 - 8 and ids[0] == BOS
+    assert decode(ids) == long[-55:]
+    assert params[0].kwargs["max_tokens"] == 8
+    assert prompts[1] == "short"
+    assert results[0].prompt_tokens == 56
+    assert "cut 1 of 2 prompts" in caplog.text
+
+
+def test_long_prompt_skipped_without_failing_the_others(fake_vllm: FakeVLLM, caplog):
+    fake_vllm.max_model_len = 64
+    policy = make(long_prompts="skip")
+    with caplog.at_level(logging.WARNING):
+        results = run(
+            policy,
+            GenerationRequest("x" * 200, n=2, max_tokens=8),
+            GenerationRequest("fits", n=1, max_tokens=8, stop=(STEP,)),
+        )
+    prompts, _ = fake_vllm.calls[0]
+    assert prompts == ["fits"]  # the long prompt never reached the engine
+    assert results[0].samples == (Sample("", "length"), Sample("", "length"))
+    assert results[0].prompt_tokens == 201
+    assert results[1].samples[0].text == f"s0 {STEP}"
+    assert "skipped 1 of 2 prompts" in caplog.text
+
+
+def test_all_prompts_skipped_makes_no_engine_call(fake_vllm: FakeVLLM):
+    fake_vllm.max_model_len = 32
+    [result] = run(make(long_prompts="skip"), GenerationRequest("y" * 100, max_tokens=4))
+    assert fake_vllm.calls == []
+    assert result.samples == (Sample("", "length"),)
+
+
+def test_max_tokens_capped_to_the_room_left(fake_vllm: FakeVLLM):
+    fake_vllm.max_model_len = 64
+    run(make(), GenerationRequest("z" * 20, max_tokens=60))  # 21 prompt tokens; room for half the context
+    prompts, params = fake_vllm.calls[0]
+    assert prompts == ["z" * 20] and params[0].kwargs["max_tokens"] == 64 - 21
+
+
+def test_plan_prompts_without_a_known_length_passes_everything():
+    [plan] = plan_prompts([GenerationRequest("p" * 10_000)], None, None, "skip")
+    assert plan.prompt == "p" * 10_000
+
+
+def test_keep_stop_ends_with_the_stop_string_exactly_once():
+    assert keep_stop("a<s>", "<s>") == "a<s>"
+    assert keep_stop("a", "<s>") == "a<s>"
+    assert keep_stop("a<s>b", "<s>") == "a<s>"
+
+
+# --- async engine ----------------------------------------------------------------------------------------
+
+
+def test_async_engine_streams_each_request_and_batches_itself(fake_vllm: FakeVLLM):
+    policy = make(async_engine=True, max_model_len=1024, seed=3)
+    assert policy.batches_itself is True
+    assert make().batches_itself is False
+    engine = fake_vllm.engines[0]
+    assert engine.kwargs["enable_prefix_caching"] is True and engine.kwargs["max_model_len"] == 1024
+    results = run(
+        policy,
+        GenerationRequest("a", n=2, stop=(STEP,), seed=5),
+        GenerationRequest("b", n=1, stop=(STEP,)),
+    )
+    assert [[s.text for s in r.samples] for r in results] == [[f"s0 {STEP}", f"s1 {STEP}"], [f"s0 {STEP}"]]
+    assert len(fake_vllm.calls) == 2  # one stream per request
+    assert fake_vllm.calls[0][1][0].kwargs["seed"] == 5
+    assert len(set(engine.request_ids)) == 2
+    with pytest.raises(RstarError, match="async_engine"):
+        policy.generate_sync([GenerationRequest("a")])
+
+
+# --- closing ---------------------------------------------------------------------------------------------
+
+
+def test_close_shuts_the_engine_down(fake_vllm: FakeVLLM):
+    offline, streaming = make(), make(async_engine=True)
+    offline.close()
+    streaming.close()
+    assert fake_vllm.engines[0].shut and fake_vllm.engines[1].shut
+    offline.close()  # twice is harmless
+    with pytest.raises(RstarError, match="closed"):
+        run(offline, GenerationRequest("q"))
+
+
+# --- the real engine (GPU) -------------------------------------------------------------------------------
+
+GPU_MODEL_ENV = "RSTAR_GPU_TEST_MODEL"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+def test_gpu_real_vllm_keeps_stop_strings_and_handles_long_prompts():
+    """Real vLLM on a small model (``$RSTAR_GPU_TEST_MODEL``, default SmolLM2-135M-Instruct from the Hub)."""
+    import os
+
+    if "vllm" in sys.modules and not hasattr(sys.modules["vllm"], "__file__"):
+        pytest.skip("a fake vllm module is installed")
+    pytest.importorskip("vllm")
+    model = os.environ.get(GPU_MODEL_ENV, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    policy = make(model=model, max_model_len=512, gpu_memory_utilization=0.3, long_prompts="skip")
+    try:
+        requests = [
+            GenerationRequest("Count: 1, 2, 3,", n=4, max_tokens=32, temperature=1.0, stop=(",", "\n"), seed=i)
+            for i in range(8)
+        ]
+        first, second = run(policy, *requests), run(policy, *requests)
+        assert [len(r.samples) for r in first] == [4] * 8
+        assert [[s.text for s in r.samples] for r in first] == [[s.text for s in r.samples] for r in second]
+        for result in first:
+            assert result.prompt_tokens > 0
+            for s in result.samples:
+                assert s.finish_reason != "stop" or (s.stop in (",", "\n") and s.text.endswith(s.stop))
+                assert 0 < s.num_tokens <= 32
+        long, short = run(
+            policy, GenerationRequest("word " * 2000, max_tokens=16), GenerationRequest("Hi", max_tokens=4)
+        )
+        assert long.samples == (Sample("", "length"),) and short.samples[0].num_tokens > 0
+    finally:
+        policy.close()
