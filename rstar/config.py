@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, Field, ValidationError
 
 from rstar.errors import ConfigError, RstarError, UnknownComponentError
-from rstar.options import Options, _format_error, options_problems
+from rstar.options import Options, format_error, options_problems
 from rstar.registry import Registry
 from rstar.steps import StepFormatOptions
 from rstar.types import Budget
@@ -214,7 +214,7 @@ class RecipeChecker:
         try:
             return model.model_validate(dict(value) if isinstance(value, Mapping) else value), []
         except ValidationError as exc:
-            return None, [_format_error(model, err, path) for err in exc.errors()]
+            return None, [format_error(model, err, path) for err in exc.errors()]
 
     def component(self, kind: str, value: Any, path: str) -> tuple[ComponentSpec | None, list[str]]:
         """A ``{name: ..., **options}`` spec of a ``kind`` component, validated (None for no component)."""

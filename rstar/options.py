@@ -42,7 +42,7 @@ def options_problems(model: type[BaseModel], data: Mapping[str, Any], path: str)
     try:
         model.model_validate(dict(data))
     except ValidationError as exc:
-        return [_format_error(model, err, path) for err in exc.errors()]
+        return [format_error(model, err, path) for err in exc.errors()]
     return []
 
 
@@ -51,10 +51,12 @@ def validate_options(model: type[O], data: Mapping[str, Any], path: str) -> O:
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError([_format_error(model, err, path) for err in exc.errors()]) from None
+        raise ConfigError([format_error(model, err, path) for err in exc.errors()]) from None
 
 
-def _format_error(model: type[BaseModel], err: Mapping[str, Any], path: str) -> str:
+def format_error(model: type[BaseModel], err: Mapping[str, Any], path: str) -> str:
+    """One pydantic error of ``model`` as ``"path.key: message (fix)"``: an unknown key lists the allowed ones and
+    the closest, a missing one says to add it."""
     loc = [str(p) for p in err["loc"]]
     key = ".".join([path, *loc]) if path else ".".join(loc)
     kind = err["type"]
