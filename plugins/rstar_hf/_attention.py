@@ -11,8 +11,12 @@ row's own positions; the prefix's keys and values (a batch of one) come with the
   ``scaled_dot_product_attention`` with a causal mask built from the rows' padding.
 
 The function is registered in transformers' ``AttentionInterface`` under :data:`NAME`; the engine
-switches a model to it only while it generates, and only for model types whose attention is plain
-scaled dot-product attention (:data:`MODEL_TYPES`).
+switches a model to it only while it generates, on CPU, and only for model types whose attention is
+plain scaled dot-product attention (:data:`MODEL_TYPES`).
+
+Measured with ``benchmarks/hf_engine.py`` (2026-12-05, SmolLM2-135M on a shared 2-core CPU, load
+average 3.2-3.7, float32, 16 rows of a ~680-token few-shot prompt): 1.19x the hf policy's tokens/s
+with it than without (1.20-1.24x in three other runs, 16 and 32 rows), and 5.4x less peak memory.
 """
 
 from __future__ import annotations
