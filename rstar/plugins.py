@@ -75,8 +75,33 @@ def environment_versions() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_facts(),
         "packages": dict(sorted(packages.items(), key=lambda item: item[0].lower())),
     }
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def cpu_facts() -> dict[str, Any]:
+    """What decides a CPU's floating-point results besides the code: the model, the cores (torch uses one thread
+    per core unless told otherwise), the instruction-set flags (which kernels the math libraries pick) and the
+    thread variables set. Read from ``/proc/cpuinfo`` where there is one; nothing is imported."""
+    facts: dict[str, Any] = {"cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            info = fh.read().split("\n\n", 1)[0]
+    except OSError:
+        info = ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "model name" in fields:
+        facts["model"] = fields["model name"]
+    flags = fields.get("flags", "").split()
+    if flags:
+        facts["vector_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "f16c")))
+    facts["thread_variables"] = {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ}
+    return facts
 
 
 def plugin_versions(pm: pluggy.PluginManager) -> dict[str, dict[str, Any]]:

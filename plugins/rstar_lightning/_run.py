@@ -49,6 +49,8 @@ def begin(
     """Read ``data`` (each record holding ``required``), seed everything, load the tokenizer and the model
     (``auto_class.from_pretrained(init_model, **model_kwargs)``), add the step tags, set the pad id."""
     records = read_jsonl(data, required)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)  # float sums split by thread: a fixed count gives the same result
     pl.seed_everything(options.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(init_model, options)
     model, missing = load_model(auto_class, init_model, options, **model_kwargs)

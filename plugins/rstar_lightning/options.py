@@ -42,6 +42,12 @@ class TrainOptions(Options):
     max_length: int = Field(4096, ge=8, description="the most tokens of one example")
     val_fraction: float = Field(0.0, ge=0, lt=1, description="share of the data held out for validation")
     seed: int = Field(42, description="seed of the model init, the shuffling and the split")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads while training (torch.set_num_threads); default: torch's, one per core, "
+        "so losses differ in their last digits between machines with different core counts",
+    )
     precision: str = Field(
         "auto",
         description=(

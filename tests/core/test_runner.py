@@ -78,6 +78,10 @@ def test_search_writes_trees_summary_config_and_versions(recipe, tmp_path):
     environment = json.loads((run / "environment.json").read_text())  # to tell why two runs of a recipe differ
     assert environment["packages"]["pluggy"] == __import__("importlib.metadata").metadata.version("pluggy")
     assert environment["python"] == __import__("platform").python_version()
+    cpu = environment["cpu"]  # what decides a CPU's floats: cores (torch's threads), vector flags, thread variables
+    assert cpu["cores"] == __import__("os").cpu_count() and isinstance(cpu["thread_variables"], dict)
+    if __import__("pathlib").Path("/proc/cpuinfo").exists():
+        assert "vector_flags" in cpu and "model" in cpu
     names = [e[0] for e in recorder.events]
     assert names[0] == "run_start" and names[-1] == "run_end"
     assert names.count("tree_done") == 6

@@ -500,3 +500,21 @@ def test_smollm2_gguf_lora_round_trip(tmp_path: Path) -> None:
         assert result.samples[0].text
     finally:
         policy.close()
+
+
+def test_threads_fixes_torchs_cpu_threads_for_the_run(tiny: Path, tmp_path: Path) -> None:
+    """``threads`` sets torch's CPU threads before training: sums split over a fixed number of threads round the
+    same way on machines with more cores."""
+    from rstar_lightning import _run
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "Q: 1 + 1?\n", "response": "x = 2<end_of_step>"}) + "\n")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        from transformers import AutoModelForCausalLM
+
+        _run.begin(AutoModelForCausalLM, str(tiny), data, SFTOptions(**{**FAST, "threads": 1}), ("prompt", "response"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
