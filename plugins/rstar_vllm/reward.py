@@ -32,9 +32,9 @@ from rstar.backends import Dtype, EngineOptions, encoder_of, fit_tokens, release
 from rstar.errors import MissingExtraError, RstarError
 from rstar.reward import TransformOptions, reward_text, transform_option
 from rstar.types import RewardRequest
+from rstar_vllm.policy import on_cpu
 
 log = logging.getLogger(__name__)
-
 
 
 class VLLMRewardOptions(EngineOptions, TransformOptions):
@@ -107,6 +107,9 @@ class VLLMRewardModel:
             kwargs["max_model_len"] = o.max_model_len
         if o.enable_prefix_caching is not None:
             kwargs["enable_prefix_caching"] = o.enable_prefix_caching
+        if on_cpu():
+            # gpu_memory_utilization is a share of RAM on CPU (0.3: ~7 GiB reserved); a fixed KV cache instead
+            kwargs["kv_cache_memory_bytes"] = 2**30
         kwargs.update(o.engine_kwargs)
         return kwargs
 

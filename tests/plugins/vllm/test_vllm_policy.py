@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import types
 from typing import Any
 
 import pydantic
@@ -72,6 +73,31 @@ def test_engine_arguments_prefix_caching_on_and_engine_kwargs_override(fake_vllm
     assert kwargs["max_model_len"] == 2048 and kwargs["tensor_parallel_size"] == 2
     assert kwargs["gpu_memory_utilization"] == 0.5
     assert kwargs["enforce_eager"] is True and kwargs["seed"] == 7
+
+
+def cpu_platform(monkeypatch: pytest.MonkeyPatch, is_cpu: bool) -> None:
+    """Make the fake vllm report its platform (``vllm.platforms.current_platform.is_cpu()``)."""
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: is_cpu)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+
+
+def test_on_cpu_chunked_prefill_is_off_and_the_kv_cache_fixed(fake_vllm: FakeVLLM, monkeypatch: pytest.MonkeyPatch):
+    """vLLM's CPU worker dies on a seeded request whose prompt is prefilled in chunks ("CPU Generator does not use
+    offset"), and reads gpu_memory_utilization as a share of RAM: on CPU the policy turns chunked prefill off and
+    fixes the KV cache, unless engine_kwargs say otherwise. On a GPU it sets neither."""
+    from rstar_vllm.policy import CPU_POLICY_DEFAULTS
+
+    cpu_platform(monkeypatch, True)
+    make()
+    make(engine_kwargs={"enable_chunked_prefill": True, "kv_cache_memory_bytes": 2**32})
+    cpu_platform(monkeypatch, False)
+    make()
+    default, custom, gpu = (e.kwargs for e in fake_vllm.engines)
+    assert default["enable_chunked_prefill"] is False and default["kv_cache_memory_bytes"] == 2 * 2**30
+    assert CPU_POLICY_DEFAULTS.items() <= default.items()
+    assert custom["enable_chunked_prefill"] is True and custom["kv_cache_memory_bytes"] == 2**32
+    assert "enable_chunked_prefill" not in gpu and "kv_cache_memory_bytes" not in gpu
 
 
 # --- requests and results ----------------------------------------------------------------------------

@@ -93,6 +93,14 @@ def test_engine_arguments_use_the_pooling_runner(fake_vllm: FakeVLLM):
     assert custom["enforce_eager"] is True and custom["convert"] == "classify"
 
 
+def test_on_cpu_the_kv_cache_is_fixed_not_a_share_of_ram(fake_vllm: FakeVLLM, monkeypatch: pytest.MonkeyPatch):
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: True)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    make()
+    assert fake_vllm.engines[0].kwargs["kv_cache_memory_bytes"] == 2**30
+
+
 # --- requests and results ----------------------------------------------------------------------------------
 
 
