@@ -45,6 +45,7 @@ from rstar.backends import (
 )
 from rstar.errors import MissingExtraError, RstarError
 from rstar.types import GenerationRequest, GenerationResult, Sample
+from rstar_vllm.models import loadable
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,13 @@ class VLLMPolicy:
         self._vllm = vllm
         self.batches_itself = options.async_engine
         self._lock = threading.Lock()
+        self.model_path = loadable(options.model)  # a GGUF becomes a cached safetensors folder
         kwargs = self.engine_arguments()
         if options.async_engine:
             self._engine: Any = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**kwargs))
             tokenizer = getattr(self._engine, "tokenizer", None)
             if not callable(getattr(tokenizer, "encode", None)):
-                tokenizer = load_hf_tokenizer(options.tokenizer or options.model, options.trust_remote_code)
+                tokenizer = load_hf_tokenizer(options.tokenizer or self.model_path, options.trust_remote_code)
         else:
             self._engine = vllm.LLM(**kwargs)
             tokenizer = self._engine.get_tokenizer()
@@ -157,7 +159,7 @@ class VLLMPolicy:
         """The keyword arguments of ``vllm.LLM`` / ``vllm.AsyncEngineArgs``."""
         o = self.options
         kwargs: dict[str, Any] = {
-            "model": o.model,
+            "model": getattr(self, "model_path", o.model),
             "dtype": o.dtype,
             "seed": o.seed,
             "tensor_parallel_size": o.tensor_parallel_size,

@@ -32,6 +32,7 @@ from rstar.backends import Dtype, EngineOptions, encoder_of, fit_tokens, release
 from rstar.errors import MissingExtraError, RstarError
 from rstar.reward import TransformOptions, reward_text, transform_option
 from rstar.types import RewardRequest
+from rstar_vllm.models import loadable
 from rstar_vllm.policy import on_cpu
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class VLLMRewardModel:
         self._vllm = vllm
         self._lock = threading.Lock()
         self.transform = transform_option(options.transform, options.scale, options.model, options.trust_remote_code)
+        self.model_path = loadable(options.model)  # a GGUF becomes a cached safetensors folder
         self._engine: Any = vllm.LLM(**self.engine_arguments())
         self.tokenizer = self._engine.get_tokenizer()
         self._encode = encoder_of(self.tokenizer)
@@ -94,7 +96,7 @@ class VLLMRewardModel:
         """The keyword arguments of ``vllm.LLM``."""
         o = self.options
         kwargs: dict[str, Any] = {
-            "model": o.model,
+            "model": getattr(self, "model_path", o.model),
             "runner": "pooling",
             "dtype": o.dtype,
             "tensor_parallel_size": o.tensor_parallel_size,
