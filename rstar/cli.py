@@ -149,11 +149,16 @@ def _brief(summary: dict[str, Any]) -> str:
 
 def _summary_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
     table = Table(title="search results")
-    for col in ("stage", "strategy", "problems", "accuracy", "answered", "tokens", "policy calls", "seconds"):
+    columns = ["stage", "strategy", "problems", "accuracy", "answered", "tokens", "policy calls", "seconds"]
+    # A serving engine that reports its prefix-cache hit rate (the optional stats() of a component) gets a column.
+    cached = any("prefix_cache_hit_rate" in s.get("components", {}).get("policy", {}) for _, s in rows)
+    if cached:
+        columns.insert(6, "prefix cache")
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("stage", "strategy") else "left")
     for name, s in rows:
         acc = "n/a" if s.get("accuracy") is None else f"{s['accuracy']:.1%}"
-        table.add_row(
+        cells = [
             name,
             str(s.get("strategy", "")),
             str(s.get("problems", "")),
@@ -162,7 +167,11 @@ def _summary_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
             str(s.get("generated_tokens", "")),
             str(s.get("policy_calls", "")),
             str(s.get("seconds", "")),
-        )
+        ]
+        if cached:
+            rate = s.get("components", {}).get("policy", {}).get("prefix_cache_hit_rate")
+            cells.insert(6, "" if rate is None else f"{rate:.0%}")
+        table.add_row(*cells)
     return table
 
 

@@ -21,7 +21,9 @@ searches into those batches.
   recipe keys (default: it takes none);
 * ``close()``: release processes, threads, devices (`Closeable`); the runner calls it when the
   component is no longer used;
-* ``batches_itself`` (policies only), described above.
+* ``batches_itself`` (policies only), described above;
+* ``stats()``: what the component measured about itself, as ``{name: number}`` (a serving engine's prefix-cache
+  hit rate, say); the runner adds it to each search's summary under ``components``.
 """
 
 from __future__ import annotations

@@ -248,16 +248,21 @@ class Runner:
             "search_start", {"round": round_index, "total": len(problems), "done": len(finished), "folder": folder}
         )
         started = time.perf_counter()
+        measured: dict[str, Any] = {}
         if todo:
             shared = cache if cache is not None else self.cache
             own = shared if shared is not None else ComponentCache(self.registry)
             try:
-                self._search(recipe, self._components(recipe, own), todo, trees_path, finished)
+                components = self._components(recipe, own)
+                self._search(recipe, components, todo, trees_path, finished)
+                measured = component_stats(components)
             finally:
                 if own is not shared:
                     own.close()
         trees = [finished[p.id] for p in problems if p.id in finished]
         summary = search_summary(trees, time.perf_counter() - started, recipe.require("search").name)
+        if measured:
+            summary["components"] = measured
         # Which models searched (checkpoint markers resolved), for the record.
         specs = {key: recipe.component(key) for key in ("policy", "reward_model")}
         models = {key: getattr(spec.options, "model", None) for key, spec in specs.items() if spec is not None}
@@ -394,6 +399,18 @@ def _walk(value: Any, fn: Callable[[str, str], str], path: str) -> Any:
         walked = [_walk(v, fn, f"{path}[{i}]") for i, v in enumerate(value)]
         return type(value)(walked) if any(a is not b for a, b in zip(walked, value, strict=True)) else value
     return value
+
+
+def component_stats(components: Components) -> dict[str, dict[str, Any]]:
+    """What each component reports about itself (the optional ``stats()`` of the interfaces), by role."""
+    out: dict[str, dict[str, Any]] = {}
+    for role in ("policy", "verifier", "checker", "reward_model"):
+        stats = getattr(getattr(components, role), "stats", None)
+        if callable(stats):
+            values = stats()
+            if values:
+                out[role] = dict(values)
+    return out
 
 
 def search_summary(trees: list[Tree], seconds: float, strategy: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from rstar.backends import (
     encoder_of,
     load_hf_tokenizer,
     plan_prompts,
+    prefix_cache_hit_rate,
     release_gpu_memory,
     report_long_prompts,
     skipped_result,
@@ -100,6 +101,21 @@ def on_cpu() -> bool:
         return False
     is_cpu = getattr(current_platform, "is_cpu", None)
     return bool(is_cpu()) if callable(is_cpu) else False
+
+
+def engine_stats(engine: Any) -> dict[str, float]:
+    """``{"prefix_cache_hit_rate": ...}`` from a vLLM engine's metrics, or nothing when it keeps none."""
+    get_metrics = getattr(engine, "get_metrics", None)
+    if not callable(get_metrics):
+        try:
+            from vllm.v1.metrics.reader import get_metrics_snapshot as get_metrics  # the async engine's registry
+        except ImportError:
+            return {}
+    try:
+        rate = prefix_cache_hit_rate(get_metrics())
+    except Exception:  # stat logging off, or an engine without metrics: nothing to report
+        return {}
+    return {} if rate is None else {"prefix_cache_hit_rate": rate}
 
 
 # --- helpers shared with the sglang policy --------------------------------------------------------
@@ -166,6 +182,7 @@ class VLLMPolicy:
             "gpu_memory_utilization": o.gpu_memory_utilization,
             "enable_prefix_caching": o.enable_prefix_caching,
             "trust_remote_code": o.trust_remote_code,
+            "disable_log_stats": False,  # keep the metrics: stats() reports the prefix-cache hit rate
         }
         if o.tokenizer is not None:
             kwargs["tokenizer"] = o.tokenizer
@@ -285,6 +302,10 @@ class VLLMPolicy:
         if self._engine is None:
             raise RstarError("this vllm policy is closed")
         return self._engine
+
+    def stats(self) -> dict[str, float]:
+        """The engine's prefix-cache hit rate since it started (share of prompt tokens found in the cache)."""
+        return engine_stats(self._engine)
 
     def close(self) -> None:
         """Shut the engine down (its worker processes too) and release GPU memory."""

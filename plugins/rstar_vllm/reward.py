@@ -33,7 +33,7 @@ from rstar.errors import MissingExtraError, RstarError
 from rstar.reward import TransformOptions, reward_text, transform_option
 from rstar.types import RewardRequest
 from rstar_vllm.models import loadable
-from rstar_vllm.policy import on_cpu
+from rstar_vllm.policy import engine_stats, on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class VLLMRewardModel:
             "tensor_parallel_size": o.tensor_parallel_size,
             "gpu_memory_utilization": o.gpu_memory_utilization,
             "trust_remote_code": o.trust_remote_code,
+            "disable_log_stats": False,  # keep the metrics: stats() reports the prefix-cache hit rate
         }
         if o.tokenizer is not None:
             kwargs["tokenizer"] = o.tokenizer
@@ -156,6 +157,10 @@ class VLLMRewardModel:
         if self._engine is None:
             raise RstarError("this vllm reward model is closed")
         return self._engine
+
+    def stats(self) -> dict[str, float]:
+        """The engine's prefix-cache hit rate since it started."""
+        return engine_stats(self._engine)
 
     def close(self) -> None:
         """Shut the engine down (its worker processes too) and release GPU memory."""

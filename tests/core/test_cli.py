@@ -115,3 +115,17 @@ def test_an_error_with_square_brackets_is_printed_whole(recipe):
         pytest.skip("vllm is installed here, so its extra is not missing")
     proc = rstar("search", str(recipe), "~policy", "policy.name=vllm", "policy.model=some/model")
     assert_clean_error(proc, "pip install -e '.[vllm]'", "pip install 'rstar[vllm]'")
+
+
+def test_the_summary_shows_the_prefix_cache_hit_rate_when_an_engine_reports_it():
+    from rich.console import Console
+
+    from rstar.cli import _summary_table
+
+    row = {"strategy": "mcts", "problems": 4, "accuracy": 0.5, "generated_tokens": 900, "seconds": 3.0}
+    console = Console(width=200, record=True)
+    console.print(_summary_table([("search", row)]))
+    assert "prefix cache" not in console.export_text()
+    console.print(_summary_table([("search", {**row, "components": {"policy": {"prefix_cache_hit_rate": 0.937}}})]))
+    text = console.export_text()
+    assert "prefix cache" in text and "94%" in text

@@ -208,3 +208,24 @@ def test_the_kernel_searches_without_the_pipeline_plugin(recipe, monkeypatch):
     assert Runner({**recipe, "output_dir": recipe["output_dir"] + "2"}, registry, pm).run()[0].summary["problems"] == 6
     with pytest.raises(ConfigError, match="unknown stage 'extract'; known stages: search"):
         Runner({**recipe, "stages": ["search", "extract"]}, registry, pm)
+
+
+def test_what_components_measure_joins_the_search_summary():
+    """The optional stats() of a component (a serving engine's prefix-cache hit rate) is reported by role; a
+    component without it, or with nothing to say, adds nothing."""
+    from rstar.engine import Components
+    from rstar.runner import component_stats
+
+    class Measured:
+        def stats(self):
+            return {"prefix_cache_hit_rate": 0.9}
+
+    class Silent:
+        def stats(self):
+            return {}
+
+    components = Components(policy=Measured(), verifier=object(), checker=Silent(), reward_model=Measured())
+    assert component_stats(components) == {
+        "policy": {"prefix_cache_hit_rate": 0.9},
+        "reward_model": {"prefix_cache_hit_rate": 0.9},
+    }

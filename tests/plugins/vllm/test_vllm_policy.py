@@ -100,6 +100,22 @@ def test_on_cpu_chunked_prefill_is_off_and_the_kv_cache_fixed(fake_vllm: FakeVLL
     assert "enable_chunked_prefill" not in gpu and "kv_cache_memory_bytes" not in gpu
 
 
+def test_stats_report_the_prefix_cache_hit_rate(fake_vllm: FakeVLLM):
+    """The engine keeps its metrics (disable_log_stats off); stats() turns vLLM's cumulative token counters into the
+    share of prompt tokens found in the prefix cache, summed over engines; no counters, no stats."""
+    from rstar.backends import prefix_cache_hit_rate
+
+    policy = make()
+    assert fake_vllm.engines[0].kwargs["disable_log_stats"] is False
+    counter = types.SimpleNamespace
+    metrics = [counter(name="vllm:prefix_cache_queries", value=800), counter(name="vllm:prefix_cache_hits", value=600)]
+    metrics.append(counter(name="vllm:prefix_cache_queries", value=200))  # a second engine's counter
+    policy._engine.get_metrics = lambda: metrics
+    assert policy.stats() == {"prefix_cache_hit_rate": 0.6}
+    policy._engine.get_metrics = lambda: [counter(name="vllm:num_requests_running", value=3)]
+    assert policy.stats() == {} and prefix_cache_hit_rate(None) is None
+
+
 # --- requests and results ----------------------------------------------------------------------------
 
 

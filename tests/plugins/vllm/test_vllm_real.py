@@ -77,6 +77,9 @@ def test_rstar_search_runs_on_the_real_engine(tmp_path, strategy):
     # Stop strings are kept at the end of a step, as the hf policy keeps them; a step cut by max_step_tokens has none.
     assert steps and any(s.rstrip().endswith(STOPS) for s in steps)
     assert all(sum(s.count(stop) for stop in STOPS) <= 2 for s in steps)  # the engine stopped at the first tag
+    # vLLM's prefix cache: every request repeats the few-shot prompt, so most prompt tokens are found in it
+    summary = json.loads((tmp_path / "run" / "search" / "summary.json").read_text())
+    assert summary["components"]["policy"]["prefix_cache_hit_rate"] > 0.5
 
 
 REWARD = textwrap.dedent(

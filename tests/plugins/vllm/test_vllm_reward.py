@@ -86,6 +86,7 @@ def test_engine_arguments_use_the_pooling_runner(fake_vllm: FakeVLLM):
         "tensor_parallel_size": 1,
         "gpu_memory_utilization": 0.3,
         "trust_remote_code": False,
+        "disable_log_stats": False,
     }
     assert custom["tokenizer"] == "tok" and custom["max_model_len"] == 2048
     assert custom["tensor_parallel_size"] == 2 and custom["gpu_memory_utilization"] == 0.25
