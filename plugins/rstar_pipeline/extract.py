@@ -165,9 +165,6 @@ class _Graph:
             i += 1
         return order
 
-    def leaves(self) -> list[Node]:
-        return [n for n in self._bfs() if not self.children[n.id]]
-
     def path(self, node: Node) -> list[Node]:
         """The steps from the root's child down to ``node`` (the root itself has no text)."""
         steps: list[Node] = []

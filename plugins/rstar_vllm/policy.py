@@ -103,6 +103,15 @@ def on_cpu() -> bool:
     return bool(is_cpu()) if callable(is_cpu) else False
 
 
+def engine_max_len(engine: Any) -> int | None:
+    """The context length a vLLM engine (``LLM`` or the async engine) was built with, when it says."""
+    for path in (("llm_engine", "model_config", "max_model_len"), ("model_config", "max_model_len")):
+        value = _attr_path(engine, *path)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def engine_stats(engine: Any) -> dict[str, float]:
     """``{"prefix_cache_hit_rate": ...}`` from a vLLM engine's metrics, or nothing when it keeps none."""
     get_metrics = getattr(engine, "get_metrics", None)
@@ -194,11 +203,7 @@ class VLLMPolicy:
         return kwargs
 
     def _engine_max_len(self) -> int | None:
-        for path in (("llm_engine", "model_config", "max_model_len"), ("model_config", "max_model_len")):
-            value = _attr_path(self._engine, *path)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
+        return engine_max_len(self._engine)
 
     @staticmethod
     def _final_only_kind() -> Any:

@@ -33,7 +33,7 @@ from rstar.errors import MissingExtraError, RstarError
 from rstar.reward import TransformOptions, reward_text, transform_option
 from rstar.types import RewardRequest
 from rstar_vllm.models import loadable
-from rstar_vllm.policy import engine_stats, on_cpu
+from rstar_vllm.policy import engine_max_len, engine_stats, on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,7 @@ class VLLMRewardModel:
         return kwargs
 
     def _engine_max_len(self) -> int | None:
-        for path in (("llm_engine", "model_config", "max_model_len"), ("model_config", "max_model_len")):
-            value: Any = self._engine
-            for name in path:
-                value = getattr(value, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
+        return engine_max_len(self._engine)
 
     # --- scoring ---------------------------------------------------------------------------------
 
