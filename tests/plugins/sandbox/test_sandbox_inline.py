@@ -56,6 +56,10 @@ OPEN = [
     "exit()",
     "class A:\n    def value(self):\n        return 5\nA().value()",
     "'{:>5}|'.format(7)",
+    # format's attribute walk reached without `.format` on a literal: unbound, or through a name
+    "print(str.format('{0.__class__}', 1))",
+    "s = '{0.__class__.__mro__}'\nf = s.format\nprint(f(1))",
+    "import sys\nprint(sys._getframe().f_back)",
     "(x for x in [1]).gi_frame",
     "from fractions import Fraction\nFraction.mro()[1].register(float)",
     "object",
