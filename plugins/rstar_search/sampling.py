@@ -136,9 +136,17 @@ class BestOfN:
         if self.vote == "reward" and scores:
             return max(answered, key=lambda c: scores[c.index])
         groups = await equivalence_groups(ctx, [c.answer for c in answered if c.answer is not None])
-        weight = (lambda i: scores[answered[i].index]) if self.vote == "weighted" and scores else (lambda i: 1.0)
+        weighted = self.vote == "weighted" and scores
+        weight = (lambda i: vote_weight(scores[answered[i].index])) if weighted else (lambda i: 1.0)
         best = max(groups, key=lambda g: sum(weight(i) for i in g))
         return answered[best[0]]
+
+
+def vote_weight(score: float) -> float:
+    """A chain's weight in the ``weighted`` vote: its score mapped from [-1, 1] (the PPM's range) to [0, 1],
+    clipped. Summing raw scores would let a chain count *against* its answer: five chains scored -0.2 would
+    weigh -1.0 and lose to one chain scored -0.5, so the more often an answer is found, the less it would win."""
+    return min(1.0, max(0.0, (1.0 + score) / 2.0))
 
 
 class Greedy(BestOfN):

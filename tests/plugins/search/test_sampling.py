@@ -66,7 +66,16 @@ def test_weighted_vote_sums_scores_per_answer():
     scores = {"5 + 3": 0.3, "5 * 3": 0.5}
     reward = ScriptedRewardModel(lambda text: next(v for k, v in scores.items() if k in text))
     tree = search(BestOfN(SamplingOptions(vote="weighted")), world(["5 + 3", "5 + 3", "5 * 3"]), 3, reward)
-    assert tree.prediction == "8"  # 0.6 against 0.5
+    assert tree.prediction == "8"  # 2 x (1 + 0.3) / 2 = 1.3 against (1 + 0.5) / 2 = 0.75
+
+
+def test_weighted_vote_never_counts_a_chain_against_its_answer():
+    """PPM scores are in [-1, 1]: with raw sums, two chains at -0.2 (-0.4) would lose to one at -0.3. Mapped to
+    [0, 1] they weigh 0.8 against 0.35."""
+    scores = {"5 + 3": -0.2, "5 * 3": -0.3}
+    reward = ScriptedRewardModel(lambda text: next(v for k, v in scores.items() if k in text))
+    tree = search(BestOfN(SamplingOptions(vote="weighted")), world(["5 + 3", "5 + 3", "5 * 3"]), 3, reward)
+    assert tree.prediction == "8"
 
 
 def test_greedy_samples_once_at_temperature_zero():
