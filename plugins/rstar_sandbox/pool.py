@@ -177,7 +177,9 @@ class Worker:
         # The worker's own stderr goes to a file, so that it can never block on it; read only if it fails to start.
         with tempfile.TemporaryFile() as errors:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            passed = [theirs.fileno()]
+            # Detached: closed once, below. A socket object still owning it would close the number again when
+            # collected, by then perhaps another thread's new file (a pipe of a process pool starting meanwhile).
+            passed = [theirs.detach()]
             if prefix and seccomp is not None:  # bubblewrap reads the filter from a pipe
                 filter_r, filter_w = os.pipe()
                 os.write(filter_w, seccomp)
@@ -185,7 +187,7 @@ class Worker:
                 passed.append(filter_r)
                 prefix = [prefix[0], "--seccomp", str(filter_r), *prefix[1:]]
             try:
-                argv = [*prefix, *command, str(theirs.fileno()), json.dumps(config)]
+                argv = [*prefix, *command, str(passed[0]), json.dumps(config)]
                 if cgroup is not None:  # enter it before anything else runs: all that starts below stays in it
                     argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', cgroup.procs, *argv]
                 process = subprocess.Popen(
