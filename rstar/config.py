@@ -110,7 +110,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str], source: s
                 key, _, raw = item.partition("=")
                 if not key:
                     raise ConfigError([f"override {item!r}: missing key before '='"], source)
-                value = yaml.safe_load(raw) if raw else ""
+                value = _override_value(raw)
                 OmegaConf.update(cfg, key, value, merge=False, force_add=True)
             else:
                 raise ConfigError([f"override {item!r}: expected key=value or ~key"], source)
@@ -119,6 +119,17 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str], source: s
         raise ConfigError([_omegaconf_message(exc)], source) from None
     assert isinstance(resolved, dict)
     return resolved  # type: ignore[return-value]
+
+
+def _override_value(raw: str) -> Any:
+    """An override's value read as YAML (``3``, ``[1, 2]``, ``{name: hf}``); text that is no YAML on its own
+    (``@round.sft``: ``@`` is reserved in YAML) is taken as the string it is."""
+    if not raw:
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def _delete(cfg: DictConfig, dotted: str) -> None:

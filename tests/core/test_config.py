@@ -29,6 +29,11 @@ def test_override_adds_new_sections():
     assert data["reward_model"] == {"name": "scripted", "fn": "m:f"}
 
 
+def test_an_override_that_is_no_yaml_is_taken_as_text():
+    data = apply_overrides(BASE, ["policy.model=@round.sft", "search.name=@weird:[x"])
+    assert data["policy"]["model"] == "@round.sft" and data["search"]["name"] == "@weird:[x"
+
+
 def test_interpolation_is_resolved():
     data = apply_overrides({**BASE, "output_dir": "runs/${search.name}"}, [])
     assert data["output_dir"] == "runs/best_of_n"
