@@ -426,14 +426,16 @@ def extract(trees: Iterable[Tree], options: ExtractOptions, fmt: StepFormat | No
 
 
 def tree_files(sources: Sequence[Path]) -> list[Path]:
-    """``trees.jsonl`` files: each source is such a file, or a folder searched recursively (sorted);
-    each file once."""
+    """``trees.jsonl`` files: each source is such a file, or a folder searched recursively (sorted; the copies
+    `rstar rescore` writes in ``rescore-<name>/`` folders left out); each file once."""
     files: list[Path] = []
     for source in sources:
         if source.is_file():
             files.append(source.resolve())
         elif source.is_dir():
-            files += sorted(p.resolve() for p in source.rglob(TREES_FILE))
+            # A rescore-<name>/ folder holds the same trees again, re-checked (`rstar rescore`): not new data.
+            found = source.rglob(TREES_FILE)
+            files += sorted(p.resolve() for p in found if not any(d.startswith("rescore-") for d in p.parts))
         else:
             raise RstarError(f"{source}: no such file or folder; give a trees.jsonl file or a run/round folder")
     files = list(dict.fromkeys(files))  # a file named directly and found under a folder is read once

@@ -368,6 +368,9 @@ def test_extract_files_reads_every_trees_file_under_a_folder(tmp_path):
     assert not list(out.glob("*.tmp"))
     round_2 = tmp_path / "run" / "round_2"
     assert extract_files([round_2 / "search" / "trees.jsonl"], out, DEFAULTS)["trees"] == 1
+    # `rstar rescore` copies of the same trees are not read again when a folder is searched.
+    write_trees(round_2 / "search" / "rescore-checker" / "trees.jsonl", [SFT_TREE])
+    assert extract_files([tmp_path / "run"], out, DEFAULTS)["trees"] == 3
     assert extract_files([round_2, round_2 / "search" / "trees.jsonl"], out, DEFAULTS)["trees"] == 1
 
 
