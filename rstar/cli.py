@@ -10,16 +10,23 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rstar import __version__
+from rstar import __version__, hookimpl
 from rstar.errors import RstarError
+
+if TYPE_CHECKING:
+    from rstar.config import Recipe
+    from rstar.engine import EngineSnapshot
+    from rstar.types import RunInfo
 
 console = Console(stderr=True, soft_wrap=True)
 # Not a terminal (CI logs, pipes): tables get 120 columns instead of rich's 80.
@@ -69,76 +76,153 @@ def load(recipe: str, overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def make_runner(recipe: str, overrides: Sequence[str]) -> Any:
-    """A `rstar.runner.Runner` of a recipe file (validated once, here) showing its progress on the terminal."""
+    """A `rstar.runner.Runner` of a recipe file (validated once, here) with the process's plugin manager; run it
+    inside `showing_progress` to see its progress."""
     from rstar.plugins import get_plugin_manager
     from rstar.registry import get_registry
     from rstar.runner import Runner
 
     data = load(recipe, overrides)
-    return Runner(data, get_registry(), get_plugin_manager(), source=recipe, progress=Progress())
+    return Runner(data, get_registry(), get_plugin_manager(), source=recipe)
 
 
-class Progress:
-    """Shows a run's progress with rich: a bar per search stage with the accuracy so far."""
+@contextmanager
+def showing_progress() -> Iterator[ProgressDisplay]:
+    """Show what runs inside on the terminal: a `ProgressDisplay` registered with the process's plugin manager for
+    the duration, like any plugin implementing the lifecycle hooks."""
+    from rstar.plugins import get_plugin_manager
 
-    def __init__(self) -> None:
+    pm = get_plugin_manager()
+    display = ProgressDisplay(console)
+    pm.register(display, name=ProgressDisplay.plugin_name)
+    try:
+        yield display
+    finally:
+        display.close()
+        pm.unregister(display)
+
+
+class ProgressDisplay:
+    """The command line's view of a run, as a plugin of the lifecycle hooks (`rstar.hookspecs`).
+
+    On a terminal, each search gets a line that says what it searches and a live bar refreshed in place: problems
+    done, in flight, accuracy so far, answers, nodes/s (policy samples drawn: each makes at most one node),
+    generated tokens/s, verifier jobs/s, reward-model calls and the policy's batch fill. Elsewhere (a pipe, a CI
+    log) it is quiet: one line per finished search or stage, one per stage skipped and per round.
+    """
+
+    plugin_name = "cli-progress"
+
+    def __init__(self, console: Console, live: bool | None = None) -> None:
+        self.console = console
+        self.live = console.is_terminal if live is None else live
         self.bar: Any = None
         self.task: Any = None
-        self.correct = 0
-        self.seen = 0
+        self.resumed = 0
 
-    def __call__(self, event: str, payload: dict[str, Any]) -> None:
-        if event == "loading":
-            console.print(f"[dim]loading {escape(str(payload['what']))}...[/]")
-        elif event == "stage_start" and payload["round"]:
-            console.rule(f"round {payload['round']}: {payload['stage']}", style="dim")
-        elif event == "stage_end" and payload["stage"] != "search":
-            console.print(f"[dim]{escape(str(payload['stage']))} done: {escape(_brief(payload['summary']))}[/]")
-        elif event == "evaluate_run":
-            console.print(f"[bold]evaluate[/] {escape(str(payload['label']))}")
-        elif event == "round_end":
-            report = payload["output_dir"] / "report.md"
-            where = f"; report: {report}" if report.is_file() else ""
-            console.print(f"[dim]round {payload['round']} done{escape(where)}[/]")
-        elif event == "stage_skipped":
-            console.print(f"[dim]{escape(str(payload['folder']))}: already done, skipped[/]")
-        elif event == "search_start":
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+    @hookimpl
+    def stage_start(self, run: RunInfo, round: int, stage: str, folder: Path, skipped: bool) -> None:
+        if skipped:
+            self.console.print(f"[dim]{escape(_where(run, folder))}: already done, skipped[/]", highlight=False)
+        elif round and self.live:
+            self.console.rule(f"round {round}: {escape(stage)}", style="dim")
 
-            self.correct = self.seen = 0
-            if payload["done"]:
-                console.print(f"[dim]resuming: {payload['done']} of {payload['total']} problems already searched[/]")
-            self.bar = Progress(
-                TextColumn("[bold]search[/]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[acc]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("search", total=payload["total"], completed=payload["done"], acc="")
-        elif event == "tree" and self.bar is not None:
-            tree = payload["tree"]
-            self.seen += tree.correct is not None
-            self.correct += bool(tree.correct)
-            acc = f"acc {self.correct / self.seen:.0%}" if self.seen else ""
-            self.bar.update(self.task, advance=1, acc=acc)
-        elif event == "engine_stats" and self.bar is not None:
+    @hookimpl
+    def search_start(self, run: RunInfo, folder: Path, recipe: Recipe, total: int, done: int) -> None:
+        self.close()
+        self.resumed = done
+        if not self.live:
+            return
+        policy = recipe.require("policy")
+        model = getattr(policy.options, "model", None)
+        what = f"{recipe.require('search').name}, policy {policy.name}" + (f" {model}" if model else "")
+        resumed = f", {done} already searched" if done else ""
+        self.console.print(f"[bold]search[/] {escape(_where(run, folder))}: {escape(what)}; {total} problems{resumed}")
+        if done >= total:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]search[/]"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[counters]}"),
+            console=self.console,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("search", total=total, completed=done, counters="loading components...")
+
+    @hookimpl
+    def search_progress(self, snapshot: EngineSnapshot) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.resumed + snapshot.done, counters=counters_line(snapshot))
+
+    @hookimpl
+    def search_end(self, run: RunInfo, folder: Path, summary: dict[str, Any]) -> None:
+        self.close()
+        line = f"{_where(run, folder)} done: {search_line(summary)}"
+        self.console.print(f"[dim]{escape(line)}[/]", highlight=False)
+
+    @hookimpl
+    def stage_end(self, stage: str, summary: dict[str, Any]) -> None:
+        if "strategy" not in summary:  # a search stage was told by search_end
+            self.console.print(f"[dim]{escape(stage)} done: {escape(_brief(summary))}[/]", highlight=False)
+
+    @hookimpl(trylast=True)  # after the pipeline's round_end has written the report
+    def round_end(self, run: RunInfo, round: int) -> None:
+        report = run.output_dir / "report.md"
+        where = f"; report: {report}" if report.is_file() else ""
+        self.console.print(f"[dim]round {round} done{escape(where)}[/]", highlight=False)
+
+    @hookimpl
+    def run_end(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live bar, if one is showing."""
+        if self.bar is not None:
             self.bar.stop()
             self.bar = None
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+
+def counters_line(s: EngineSnapshot) -> str:
+    """A search's counters on one line: what is in flight, accuracy so far, rates, reward calls, batch fill."""
+    per_s = 1 / s.seconds if s.seconds > 0 else 0.0
+    parts = [f"{s.in_flight} in flight"]
+    if s.accuracy is not None:
+        parts.append(f"acc {s.accuracy:.0%} ({s.correct}/{s.labelled})")
+    parts.append(f"{s.answered} answered")
+    parts.append(f"{s.samples * per_s:.1f} nodes/s")
+    parts.append(f"{_count(s.generated_tokens * per_s)} tok/s")
+    parts.append(f"{s.verifier_jobs * per_s:.1f} jobs/s")
+    if s.reward_calls:
+        parts.append(f"{_count(s.reward_calls)} reward calls")
+    if s.policy_batches:
+        parts.append(f"fill {s.batch_fill:.0%}")
+    return " · ".join(parts)
+
+
+def search_line(summary: dict[str, Any]) -> str:
+    """A finished search's summary on one line."""
+    acc = summary.get("accuracy")
+    accuracy = "n/a" if acc is None else f"{acc:.1%} ({summary.get('correct')}/{summary.get('problems')})"
+    return (
+        f"{summary.get('problems')} problems, accuracy {accuracy}, {summary.get('answered')} answered, "
+        f"{summary.get('generated_tokens')} tokens, {summary.get('seconds')} s"
+    )
+
+
+def _count(value: float) -> str:
+    return f"{value / 1000:.1f}k" if value >= 10_000 else f"{value:.0f}"
+
+
+def _where(run: RunInfo, folder: Path) -> str:
+    """``folder`` relative to the run folder (``round_1/evaluate/greedy``), else as it is."""
+    try:
+        return str(Path(folder).relative_to(run.output_dir))
+    except ValueError:
+        return str(folder)
 
 
 def _brief(summary: dict[str, Any]) -> str:
@@ -184,10 +268,8 @@ def _summary_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
 def run(recipe: str, overrides: tuple[str, ...]) -> None:
     """Run a recipe: all rounds and stages, resumable (re-run the same command to continue)."""
     runner = make_runner(recipe, overrides)
-    try:
+    with showing_progress():
         results = runner.run()
-    finally:
-        runner.progress.close()
     # A search's summary names its strategy; a stage of several searches (evaluate) lists them under "runs".
     searches = []
     for r in results:
@@ -210,10 +292,8 @@ def run(recipe: str, overrides: tuple[str, ...]) -> None:
 def search(recipe: str, overrides: tuple[str, ...]) -> None:
     """Search every problem of the recipe's dataset once; write trees.jsonl and print accuracy."""
     runner = make_runner(recipe, overrides)
-    try:
+    with showing_progress():
         result = runner.search()
-    finally:
-        runner.progress.close()
     s = result.summary
     out.print(_summary_table([("search", s)]))
     acc = (

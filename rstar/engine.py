@@ -13,11 +13,16 @@ concurrency each component kind receives is written on its protocol (`rstar.inte
 
 Results never depend on batching: each problem's randomness comes from a seed derived from
 ``(run seed, problem id)``, and every policy request carries its own seed drawn from it.
+
+`Engine.snapshot` reads the engine's counters (problems done and in flight, spend so far, batch fill) for a
+display or a logger; taking one costs a few additions per search in flight, and keeping the counters a few per
+finished problem, so nothing is added to the work per node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import random
 import time
@@ -80,6 +85,52 @@ class BatcherStats:
         """Mean over batches of (searches with a request in the batch) / (searches alive when it was sent)."""
         fills = [n / live for n, live in zip(self.searches, self.live, strict=True) if live]
         return sum(fills) / len(fills) if fills else 0.0
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """The engine's counters at one moment (`Engine.snapshot`): what the searches of its runs have done so far.
+
+    Spend (tokens, jobs, calls) counts finished searches and the searches in flight, as far as they got.
+    Answers and accuracy count finished searches only: a tree's answer is chosen when its search ends."""
+
+    problems: int
+    """Problems handed to the engine's runs."""
+    done: int
+    """Problems whose search has finished."""
+    in_flight: int
+    """Searches running now."""
+    answered: int
+    """Finished searches that chose an answer."""
+    correct: int
+    """Finished searches whose chosen answer is correct."""
+    labelled: int
+    """Finished searches of problems with a reference answer (accuracy's denominator)."""
+    nodes: int
+    """Nodes of the finished searches' trees, the root left out."""
+    samples: int
+    """Policy samples drawn so far: each becomes at most one node, so this is the live count of nodes made."""
+    policy_calls: int
+    generated_tokens: int
+    prompt_tokens: int
+    verifier_jobs: int
+    reward_calls: int
+    reward_tokens: int
+    policy_batches: int
+    """Batches handed to the policy."""
+    batch_fill: float
+    """The policy's `BatcherStats.mean_fill`: how full its batches were, from 0 to 1."""
+    seconds: float
+    """Since the engine's first run started."""
+
+    @property
+    def accuracy(self) -> float | None:
+        """Correct over labelled finished searches; None before the first one."""
+        return self.correct / self.labelled if self.labelled else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counters as a JSON mapping, accuracy included."""
+        return {**dataclasses.asdict(self), "accuracy": self.accuracy}
 
 
 class Batcher(Generic[In, Out]):
@@ -181,6 +232,13 @@ class Engine:
         self._live = 0
         self._blocked = 0
         self._tasks: set[asyncio.Future[Any]] = set()
+        # The counters of `snapshot`: kept per finished problem, summed over the running ones when asked.
+        self._running: set[ProblemContext] = set()
+        self._spent = dict.fromkeys(_COUNTED, 0)
+        self._samples = 0
+        self._problems = 0
+        self._outcomes = {"done": 0, "answered": 0, "correct": 0, "labelled": 0, "nodes": 0}
+        self._started: float | None = None
         c = components
         # A backend that batches on its own (an HTTP server, an async engine) sets `batches_itself = True`:
         # its requests go out as they come, any number at once.
@@ -192,13 +250,52 @@ class Engine:
         self.checker: Batcher[tuple[str, Reference], bool] = Batcher(
             self, "answer checker", c.checker.check, max_batch, None
         )
-        self.reward: Batcher[RewardRequest, float] | None = (
-            Batcher(self, "reward model", c.reward_model.score, max_batch) if c.reward_model is not None else None
+        self.reward: Batcher[RewardRequest, tuple[float, int]] | None = (
+            Batcher(self, "reward model", _scored_with_tokens(c.reward_model), max_batch)
+            if c.reward_model is not None
+            else None
         )
 
     @property
     def batchers(self) -> list[Batcher[Any, Any]]:
         return [b for b in (self.policy, self.verifier, self.checker, self.reward) if b is not None]
+
+    def snapshot(self) -> EngineSnapshot:
+        """The counters now: cheap (a few additions per search in flight), for a display or a logger."""
+        spent = dict(self._spent)
+        samples = self._samples
+        for ctx in self._running:
+            samples += ctx._samples
+            for key in _COUNTED:
+                spent[key] += getattr(ctx._usage, key)
+        policy = self.policy.stats
+        return EngineSnapshot(
+            problems=self._problems,
+            in_flight=len(self._running),
+            samples=samples,
+            policy_calls=spent["policy_calls"],
+            generated_tokens=spent["generated_tokens"],
+            prompt_tokens=spent["prompt_tokens"],
+            verifier_jobs=spent["verifier_jobs"],
+            reward_calls=spent["reward_calls"],
+            reward_tokens=spent["reward_tokens"],
+            policy_batches=policy.batches,
+            batch_fill=policy.mean_fill,
+            seconds=0.0 if self._started is None else time.perf_counter() - self._started,
+            **self._outcomes,
+        )
+
+    def _finished(self, ctx: ProblemContext, tree: Tree) -> None:
+        self._running.discard(ctx)
+        for key in _COUNTED:
+            self._spent[key] += getattr(ctx._usage, key)
+        self._samples += ctx._samples
+        counts = self._outcomes
+        counts["done"] += 1
+        counts["answered"] += tree.prediction is not None
+        counts["correct"] += tree.correct is True
+        counts["labelled"] += tree.correct is not None
+        counts["nodes"] += len(tree.nodes) - 1
 
     def _maybe_flush(self) -> None:
         everyone_waits = self._blocked >= self._live
@@ -221,6 +318,9 @@ class Engine:
         queue = list(problems)
         trees: dict[int, Tree] = {}
         next_index = 0
+        self._problems += len(queue)
+        if self._started is None:
+            self._started = time.perf_counter()
 
         async def worker() -> None:
             nonlocal next_index
@@ -229,7 +329,10 @@ class Engine:
                     index = next_index
                     next_index += 1
                     problem = queue[index]
-                    tree = await strategy.search(problem, ProblemContext(self, problem, step_format, budget))
+                    ctx = ProblemContext(self, problem, step_format, budget)
+                    self._running.add(ctx)
+                    tree = await strategy.search(problem, ctx)
+                    self._finished(ctx, tree)
                     trees[index] = tree
                     if on_tree is not None:
                         on_tree(tree)
@@ -263,6 +366,7 @@ class ProblemContext:
         self.seed = problem_seed(engine.seed, problem.id)
         self.rng = random.Random(self.seed)
         self._usage = Usage()
+        self._samples = 0
         self._started = time.perf_counter()
 
     @property
@@ -274,6 +378,12 @@ class ProblemContext:
         """What this search has spent so far, wall time included."""
         return Usage(**{**self._usage.to_dict(), "wall_time_s": round(time.perf_counter() - self._started, 4)})
 
+    @property
+    def token_cap_reached(self) -> bool:
+        """Whether this problem's generated tokens reached ``budget.max_tokens`` (never, without a cap)."""
+        cap = self.budget.max_tokens
+        return cap is not None and self._usage.generated_tokens >= cap
+
     def _spend(self, **amounts: int) -> None:
         self._usage = self._usage + Usage(**amounts)
 
@@ -281,6 +391,7 @@ class ProblemContext:
         """Sample from the policy. Requests without a seed get one from this problem's generator."""
         seeded = [r if r.seed is not None else _with_seed(r, self.rng.randrange(2**31)) for r in requests]
         results = await self._engine.policy.submit(seeded)
+        self._samples += sum(len(res.samples) for res in results)
         self._spend(
             policy_calls=len(seeded),
             generated_tokens=sum(s.num_tokens for res in results for s in res.samples),
@@ -302,13 +413,38 @@ class ProblemContext:
         """Score partial solutions with the reward model; an error if the recipe has none."""
         if self._engine.reward is None:
             raise RstarError("this search strategy needs a reward model: set 'reward_model' in the recipe")
-        scores = await self._engine.reward.submit(items)
-        self._spend(reward_calls=len(items))
-        return scores
+        scored = await self._engine.reward.submit(items)
+        self._spend(reward_calls=len(items), reward_tokens=sum(tokens for _, tokens in scored))
+        return [score for score, _ in scored]
+
+
+_COUNTED = ("policy_calls", "generated_tokens", "prompt_tokens", "verifier_jobs", "reward_calls", "reward_tokens")
+"""The `Usage` fields an `EngineSnapshot` sums."""
 
 
 def _with_seed(request: GenerationRequest, seed: int) -> GenerationRequest:
     return replace(request, seed=seed)
 
 
-__all__ = ["Batcher", "BatcherStats", "Components", "Engine", "ProblemContext", "SearchContext", "problem_seed"]
+def _scored_with_tokens(model: RewardModel) -> Callable[[list[RewardRequest]], Awaitable[list[tuple[float, int]]]]:
+    """The model's ``score_with_tokens`` (the optional part of `RewardModel`), or ``score`` with 0 tokens per item."""
+    counted = getattr(model, "score_with_tokens", None)
+    if callable(counted):
+        return counted  # type: ignore[no-any-return]
+
+    async def uncounted(items: list[RewardRequest]) -> list[tuple[float, int]]:
+        return [(score, 0) for score in await model.score(items)]
+
+    return uncounted
+
+
+__all__ = [
+    "Batcher",
+    "BatcherStats",
+    "Components",
+    "Engine",
+    "EngineSnapshot",
+    "ProblemContext",
+    "SearchContext",
+    "problem_seed",
+]

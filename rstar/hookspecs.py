@@ -8,7 +8,11 @@ There are two families:
   ``"module:attr"`` string that is imported only when a recipe uses the component, so that listing
   plugins imports nothing heavy. A factory may carry an ``Options`` attribute: a pydantic model that
   validates the component's keys in a recipe (see `rstar.options.Options`).
-* **Lifecycle hooks** observe a run; they never do per-node work and their return values are ignored.
+* **Lifecycle hooks** observe a run; they never do per-node work and their return values are ignored. A run
+  calls them in this order: ``run_start``; per stage ``stage_start``, then, for each search the stage makes,
+  ``search_start``, ``search_progress`` (repeatedly), ``tree_done`` (per problem), ``search_end``; then
+  ``stage_end``; ``round_end`` after each round; ``run_end``. The command line's live progress display is an
+  implementation of these hooks, registered like any plugin, so another plugin can show or log the same.
 
 Hooks discover and observe. Work on nodes goes through the components' batch methods.
 """
@@ -20,6 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rstar.config import Recipe
+    from rstar.engine import EngineSnapshot
     from rstar.types import RunInfo, Tree
 
 hookspec = pluggy.HookspecMarker("rstar")
@@ -136,6 +144,38 @@ def register_commands(register: RegisterFn) -> None:
 def run_start(run: RunInfo) -> None:
     """Called when ``rstar run`` or ``rstar search`` starts, after the run folder and its resolved
     config are written and before the first stage. ``run.output_dir`` is the run folder."""
+
+
+@hookspec
+def stage_start(run: RunInfo, round: int, stage: str, folder: Path, skipped: bool) -> None:
+    """Called before each stage of a round (``round`` 1-based; 0 for the single stage of ``rstar search``),
+    with the stage's ``folder``. ``skipped`` is True when the folder is already marked done by an earlier run:
+    the stage does not run again and no ``stage_end`` follows."""
+
+
+@hookspec
+def search_start(run: RunInfo, round: int, stage: str, folder: Path, recipe: Recipe, total: int, done: int) -> None:
+    """Called when a search starts, before its components are loaded: a ``search`` stage, each run of an
+    ``evaluate`` stage, each cell of ``rstar compare``. ``folder`` holds its ``trees.jsonl``; ``recipe`` is the
+    validated recipe it searches with (checkpoint markers resolved); ``total`` problems, of which ``done`` are
+    already in ``trees.jsonl`` from an earlier, interrupted run and are not searched again."""
+
+
+@hookspec
+def search_progress(run: RunInfo, round: int, stage: str, folder: Path, snapshot: EngineSnapshot) -> None:
+    """Called while a search runs, at most every half second (and once when it finishes), with the engine's
+    counters: problems done and in flight, answers and accuracy so far, tokens, verifier jobs, reward calls,
+    policy batch fill and seconds (`rstar.engine.EngineSnapshot`). The counters cover the problems searched
+    now, not the ``done`` ones of ``search_start``.
+
+    Runs on the event loop of the search: keep it quick, never block. Not called when no plugin implements it
+    (the search then keeps no timer)."""
+
+
+@hookspec
+def search_end(run: RunInfo, round: int, stage: str, folder: Path, summary: dict[str, object]) -> None:
+    """Called when a search has finished, every tree written, with its summary (accuracy, spend, seconds; the
+    same summary a ``search`` stage's ``stage_end`` gets). Not called when the search fails: ``run_end`` is."""
 
 
 @hookspec

@@ -23,7 +23,9 @@ searches into those batches.
   component is no longer used;
 * ``batches_itself`` (policies only), described above;
 * ``stats()``: what the component measured about itself, as ``{name: number}`` (a serving engine's prefix-cache
-  hit rate, say); the runner adds it to each search's summary under ``components``.
+  hit rate, say); the runner adds it to each search's summary under ``components``;
+* ``score_with_tokens(items)`` (reward models only): ``score`` that also says how many tokens the model read
+  for each item, described on `RewardModel`.
 """
 
 from __future__ import annotations
@@ -84,7 +86,14 @@ class AnswerChecker(Protocol):
 class RewardModel(Protocol):
     """Scores partial solutions; higher is better. Scores are floats in the model's own range.
 
-    Receives one batch at a time."""
+    Receives one batch at a time.
+
+    Optional: ``async score_with_tokens(items) -> list[tuple[float, int]]``, one ``(score, tokens)`` pair
+    per item: the score ``score`` gives and the number of tokens the model read for the item (after any
+    cut). A model that tokenizes its texts anyway counts them for free, so the engine calls it instead of
+    ``score`` when it exists, and counts the tokens in `rstar.types.Usage.reward_tokens`; a model
+    without it is counted as reading 0 tokens. The count is per item because one batch holds the
+    requests of several problems."""
 
     async def score(self, items: Sequence[RewardRequest]) -> list[float]: ...
 
@@ -110,6 +119,12 @@ class SearchContext(Protocol):
     @property
     def usage(self) -> Usage:
         """What this search has spent so far, wall time included."""
+        ...
+
+    @property
+    def token_cap_reached(self) -> bool:
+        """Whether this problem's generated tokens reached ``budget.max_tokens`` (never, without a cap): a
+        strategy checks it before each unit of work (a rollout, a beam level, a wave) and starts none once true."""
         ...
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

@@ -20,6 +20,10 @@ Run folder layout::
 A re-run of the same command skips finished stages and, inside a search, problems whose tree is
 already in ``trees.jsonl``; a line cut short by a crash is dropped and that problem searched again.
 So a crash loses at most the problems in flight.
+
+What happens is told to plugins through the lifecycle hooks (`rstar.hookspecs`): ``run_start``,
+``stage_start``, ``search_start``, ``search_progress``, ``tree_done``, ``search_end``, ``stage_end``,
+``round_end``, ``run_end``. The command line's progress display is one such plugin.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from rstar import rundir
 from rstar.config import ComponentSpec, Recipe, validated_recipe
 from rstar.engine import Components, Engine
 from rstar.errors import ConfigError
+from rstar.executors import SearchWork, executor_of, shard_of
 from rstar.interfaces import Closeable, Stage, StageContext
 from rstar.plugins import environment_versions, plugin_versions
 from rstar.registry import Registry
@@ -52,6 +57,8 @@ CHECKPOINT_MARKER = re.compile(r"@(?P<which>round|previous)\.(?P<model>sft|ppm)"
 """A recipe string standing for a model trained in this (or the previous) round, resolved per stage."""
 T = TypeVar("T")
 Progress = Callable[[str, dict[str, Any]], None]
+PROGRESS_INTERVAL_S = 0.5
+"""Least time between two ``search_progress`` calls of a search."""
 
 
 @dataclass
@@ -85,8 +92,10 @@ class ComponentCache:
 
 @dataclass
 class Runner:
-    """Runs one recipe (plain, validated here once, or already a `Recipe`). ``progress`` receives
-    ``(event, payload)`` for display (see `rstar.cli`).
+    """Runs one recipe (plain, validated here once, or already a `Recipe`), telling plugins what happens
+    through the lifecycle hooks of ``pm``. ``progress`` is what stages get as `StageContext.progress`: the
+    ``(event, payload)`` notes they send for a caller of their own (none by default); the runner itself
+    reports through hooks only.
 
     With a shared ``cache``, components stay loaded after a search (the cache's owner closes them);
     without one, each stage builds its components and closes them when it ends.
@@ -105,6 +114,7 @@ class Runner:
         self.validated: Recipe = self.recipe
         self.output_dir = self.validated.output_dir
         self.info = RunInfo(self.output_dir, self.validated.data, self.source)
+        self._stage_name = "search"
 
     # --- the run --------------------------------------------------------------------------------
 
@@ -142,7 +152,6 @@ class Runner:
             summary = {r.name: r.summary for r in round_results}
             rundir.write_json(self.round_dir(k) / rundir.SUMMARY, summary)
             self.pm.hook.round_end(run=self.info, round=k, summary=summary)
-            self.progress("round_end", {"round": k, "summary": summary, "output_dir": self.output_dir})
         return results
 
     def _prepare_folder(self) -> None:
@@ -168,22 +177,21 @@ class Runner:
         self, name: str, round_index: int, recipe: Recipe, folder: Path | None = None, stage: Stage | None = None
     ) -> StageResult:
         folder = folder if folder is not None else self.round_dir(round_index) / name
-        if rundir.is_done(folder):
-            summary = rundir.read_summary(folder)
-            self.progress("stage_skipped", {"stage": name, "round": round_index, "folder": folder, "summary": summary})
-            return StageResult(name, round_index, summary, skipped=True)
+        done = rundir.is_done(folder)
+        self.pm.hook.stage_start(run=self.info, round=round_index, stage=name, folder=folder, skipped=done)
+        if done:
+            return StageResult(name, round_index, rundir.read_summary(folder), skipped=True)
         if stage is None:
             stage = self.registry.get("stage", name).load()()
         assert stage is not None
         folder.mkdir(parents=True, exist_ok=True)
-        self.progress("stage_start", {"stage": name, "round": round_index, "folder": folder})
         started = time.perf_counter()
+        self._stage_name = name
         resolved = self.resolve_checkpoints(recipe, round_index, sections=tuple(getattr(stage, "needs", {})))
         summary = stage.run(StageRun(self, resolved, round_index, folder))
         summary.setdefault("seconds", round(time.perf_counter() - started, 2))
         rundir.mark_done(folder, summary)
         self.pm.hook.stage_end(run=self.info, round=round_index, stage=name, summary=summary)
-        self.progress("stage_end", {"stage": name, "round": round_index, "folder": folder, "summary": summary})
         return StageResult(name, round_index, summary)
 
     def round_dir(self, round_index: int) -> Path:
@@ -242,19 +250,44 @@ class Runner:
         problems: list[Problem] = self.registry.build("dataset", recipe.require("dataset")).load()
         if only is not None:
             problems = [p for p in problems if p.id in only]
+        # --- scale-out (rstar.executors): the recipe's shard of the problems; its executor, if it names one ---
+        shard, executor = shard_of(recipe, self.validated), executor_of(recipe, self.validated)
+        if shard is not None:
+            problems = shard.select(problems)
+        # --- end of scale-out ---
         finished = rundir.read_trees(trees_path, repair=True)
         todo = [p for p in problems if p.id not in finished]
-        self.progress(
-            "search_start", {"round": round_index, "total": len(problems), "done": len(finished), "folder": folder}
-        )
+        where = {"round": round_index, "stage": self._stage_name, "folder": folder}
+        done = sum(1 for p in problems if p.id in finished)
+        self.pm.hook.search_start(run=self.info, **where, recipe=recipe, total=len(problems), done=done)
         started = time.perf_counter()
         measured: dict[str, Any] = {}
-        if todo:
+        # --- scale-out: the executor's workers build their own components; finished trees come back here ---
+        if todo and executor is not None:
+            with rundir.JsonlAppender(trees_path) as out:
+
+                def on_tree(tree: Tree) -> None:
+                    out.append(tree.to_dict())
+                    finished[tree.id] = tree
+                    self.pm.hook.tree_done(run=self.info, tree=tree)
+
+                measured = executor.search(
+                    SearchWork(
+                        recipe,
+                        todo,
+                        self.registry,
+                        on_tree,
+                        lambda snapshot: self.pm.hook.search_progress(run=self.info, **where, snapshot=snapshot),
+                        self.progress,
+                    )
+                )
+        # --- end of scale-out ---
+        elif todo:
             shared = cache if cache is not None else self.cache
             own = shared if shared is not None else ComponentCache(self.registry)
             try:
                 components = self._components(recipe, own)
-                self._search(recipe, components, todo, trees_path, finished)
+                self._search(recipe, components, todo, trees_path, finished, where)
                 measured = component_stats(components)
             finally:
                 if own is not shared:
@@ -267,15 +300,14 @@ class Runner:
         specs = {key: recipe.component(key) for key in ("policy", "reward_model")}
         models = {key: getattr(spec.options, "model", None) for key, spec in specs.items() if spec is not None}
         summary["models"] = {key: model for key, model in models.items() if model is not None}
+        self.pm.hook.search_end(run=self.info, **where, summary=summary)
         return summary
 
     def _components(self, recipe: Recipe, cache: ComponentCache) -> Components:
         # The verifier first: it is quick to build, and where its sandbox cannot run that is said before a model
         # is loaded for nothing.
         verifier = cache.get(recipe.require("verifier"))
-        policy_spec = recipe.require("policy")
-        self.progress("loading", {"what": f"policy {policy_spec.name}"})
-        policy = cache.get(policy_spec)
+        policy = cache.get(recipe.require("policy"))
         reward_spec = recipe.component("reward_model")
         return Components(
             policy=policy,
@@ -285,22 +317,46 @@ class Runner:
         )
 
     def _search(
-        self, recipe: Recipe, components: Components, todo: list[Problem], trees_path: Path, finished: dict[str, Tree]
+        self,
+        recipe: Recipe,
+        components: Components,
+        todo: list[Problem],
+        trees_path: Path,
+        finished: dict[str, Tree],
+        where: dict[str, Any],
     ) -> None:
         strategy = self.registry.build("search", recipe.require("search"))
         step_format = StepFormat.from_config(recipe.options.step_format)
         o = recipe.options
         engine = Engine(components, max_in_flight=o.max_in_flight, max_batch=o.max_batch, seed=o.seed)
+        watched = bool(self.pm.hook.search_progress.get_hookimpls())
+
+        def report() -> None:
+            self.pm.hook.search_progress(run=self.info, **where, snapshot=engine.snapshot())
+
+        async def ticking() -> None:
+            while True:
+                await asyncio.sleep(PROGRESS_INTERVAL_S)
+                report()
+
+        async def searching() -> None:
+            ticker = asyncio.ensure_future(ticking()) if watched else None
+            try:
+                await engine.run(todo, strategy, step_format, o.budget, on_tree=on_tree)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+            if watched:
+                report()
+
         with rundir.JsonlAppender(trees_path) as out:
 
             def on_tree(tree: Tree) -> None:
                 out.append(tree.to_dict())
                 finished[tree.id] = tree
                 self.pm.hook.tree_done(run=self.info, tree=tree)
-                self.progress("tree", {"tree": tree})
 
-            asyncio.run(engine.run(todo, strategy, step_format, o.budget, on_tree=on_tree))
-        self.progress("engine_stats", {"batchers": {b.name: b.stats for b in engine.batchers}})
+            asyncio.run(searching())
 
 
 @dataclass
@@ -429,6 +485,7 @@ def search_summary(trees: list[Tree], seconds: float, strategy: str) -> dict[str
         "policy_calls": sum(u.policy_calls for u in usage),
         "verifier_jobs": sum(u.verifier_jobs for u in usage),
         "reward_calls": sum(u.reward_calls for u in usage),
+        "reward_tokens": sum(u.reward_tokens for u in usage),
         "seconds": round(seconds, 2),
     }
 

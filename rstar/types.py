@@ -149,6 +149,10 @@ class Usage(JsonData):
     verifier_jobs: int = 0
     reward_calls: int = 0
     wall_time_s: float = 0.0
+    reward_tokens: int = 0
+    """Tokens of the texts the reward model read, as it counts them; 0 from a reward model that cannot count
+    (one without ``score_with_tokens``, `rstar.interfaces.RewardModel`) and in trees written before rstar
+    counted them."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)})
@@ -160,12 +164,22 @@ class Budget(JsonData):
 
     ``samples`` is the strategy's main knob (N of best-of-N, rollouts of MCTS, beam width, ...), the
     x-axis of ``rstar compare``. ``max_step_tokens`` caps one policy sample; ``max_depth`` the number
-    of steps of one solution.
+    of steps of one solution. ``max_tokens`` caps the tokens generated for the whole problem, so that
+    strategies can be compared at equal compute: once they are reached, a strategy starts no new unit of
+    work (an MCTS rollout, a beam level, a wave of chains) and answers with what it has.
     """
 
     samples: Annotated[int, Field(ge=1, description="the strategy's main knob: N, rollouts, beam width")] = 4
     max_step_tokens: Annotated[int, Field(ge=1, description="tokens per policy sample")] = 512
     max_depth: Annotated[int, Field(ge=1, description="steps per solution")] = 16
+    max_tokens: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="generated tokens per problem: once reached, no new rollout, beam level or wave "
+            "starts (null: no cap)",
+        ),
+    ] = None
 
 
 @dataclass(frozen=True)

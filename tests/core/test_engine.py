@@ -11,9 +11,9 @@ from rstar_search.sampling import BestOfN, SamplingOptions
 
 from rstar.engine import Components, Engine, problem_seed
 from rstar.steps import StepFormat
-from rstar.testing import ScriptedPolicy
+from rstar.testing import ScriptedPolicy, ScriptedRewardModel
 from rstar.testing.worlds import adder
-from rstar.types import Budget, GenerationRequest
+from rstar.types import Budget, GenerationRequest, RewardRequest
 
 
 def run_search(max_in_flight: int, n_problems: int = 12, samples: int = 4):
@@ -106,3 +106,51 @@ def test_a_backend_that_batches_itself_gets_requests_as_they_come():
     )
     assert max(len(b) for b in policy.calls) < 48  # no waiting for every search to block
     assert [comparable(t) for t in trees] == [comparable(t) for t in run_search(max_in_flight=12)[0]]
+
+
+class FakeCountingRewardModel(ScriptedRewardModel):
+    """Test fake: scores as the scripted model and reads one token per character of ``prompt + solution``."""
+
+    async def score_with_tokens(self, items: list[RewardRequest]) -> list[tuple[float, int]]:
+        scores = await self.score(items)
+        return [(s, len(i.prompt + i.solution)) for s, i in zip(scores, items, strict=True)]
+
+
+def reward_vote_search(reward, n_problems: int = 3) -> list:
+    components = Components(ScriptedPolicy(adder), FakeInProcessVerifier(), FakeExactChecker(), reward)
+    engine = Engine(components, max_in_flight=n_problems, seed=7)
+    strategy = BestOfN(SamplingOptions(vote="reward"))
+    return asyncio.run(engine.run(adder_problems(n_problems), strategy, StepFormat.from_options(), Budget(samples=2)))
+
+
+def test_reward_tokens_are_counted_per_problem_from_a_shared_batch():
+    reward = FakeCountingRewardModel(lambda text: float(len(text)))
+    trees = reward_vote_search(reward)
+    assert [len(batch) for batch in reward.calls] == [6]  # the three problems' requests in one batch
+    for tree, problem_items in zip(trees, (reward.calls[0][k : k + 2] for k in (0, 2, 4)), strict=True):
+        assert tree.usage.reward_calls == 2
+        assert tree.usage.reward_tokens == sum(len(i.prompt + i.solution) for i in problem_items)
+
+
+def test_a_reward_model_that_cannot_count_reads_zero_tokens():
+    counted = reward_vote_search(FakeCountingRewardModel(lambda text: float(len(text))))
+    uncounted = reward_vote_search(ScriptedRewardModel(lambda text: float(len(text))))
+    assert [t.usage.reward_calls for t in uncounted] == [2, 2, 2]
+    assert [t.usage.reward_tokens for t in uncounted] == [0, 0, 0]
+    assert [t.prediction for t in uncounted] == [t.prediction for t in counted]  # the same scores either way
+
+
+def test_the_token_cap_is_reached_by_the_problem_s_own_tokens():
+    from rstar.engine import ProblemContext
+
+    engine = Engine(Components(ScriptedPolicy(adder), FakeInProcessVerifier(), FakeExactChecker()))
+    problem = adder_problems(1)[0]
+    capped = ProblemContext(engine, problem, StepFormat.from_options(), Budget(max_tokens=10))
+    uncapped = ProblemContext(engine, problem, StepFormat.from_options(), Budget())
+    assert not capped.token_cap_reached
+    capped._spend(generated_tokens=9)
+    assert not capped.token_cap_reached
+    capped._spend(generated_tokens=1)
+    assert capped.token_cap_reached
+    uncapped._spend(generated_tokens=10**9)
+    assert not uncapped.token_cap_reached

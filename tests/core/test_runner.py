@@ -13,7 +13,7 @@ from rstar.errors import ConfigError
 from rstar.plugins import make_plugin_manager
 from rstar.registry import Registry
 from rstar.rundir import DONE, read_trees
-from rstar.runner import Runner
+from rstar.runner import ComponentCache, Runner
 
 
 @pytest.fixture
@@ -188,12 +188,12 @@ def test_a_sandbox_that_cannot_run_stops_the_search_before_the_policy_loads(reci
     from rstar.errors import RstarError
 
     monkeypatch.setattr(sandbox, "bwrap_works", lambda: False)
-    loading = []
-    runner = make_runner(recipe)
-    runner.progress = lambda event, data: loading.append(data.get("what")) if event == "loading" else None
+    built = []
+    build = ComponentCache.get
+    monkeypatch.setattr(ComponentCache, "get", lambda self, spec: built.append(spec.kind) or build(self, spec))
     with pytest.raises(RstarError, match="apt-get install bubblewrap"):
-        runner.search()
-    assert not any(str(what).startswith("policy") for what in loading)
+        make_runner(recipe).search()
+    assert "policy" not in built
 
 
 def test_the_kernel_searches_without_the_pipeline_plugin(recipe, monkeypatch):
@@ -229,3 +229,25 @@ def test_what_components_measure_joins_the_search_summary():
         "policy": {"prefix_cache_hit_rate": 0.9},
         "reward_model": {"prefix_cache_hit_rate": 0.9},
     }
+
+
+def test_the_search_summary_adds_up_reward_tokens():
+    """``reward_tokens`` sums over the trees, next to ``reward_calls`` (what ``rstar compare`` reads)."""
+    from rstar.runner import search_summary
+    from rstar.types import Tree, Usage
+
+    def tree(i: int, usage: Usage) -> Tree:
+        return Tree(f"p{i}", "q", None, "mcts", None, None, usage, ())
+
+    trees = [tree(0, Usage(reward_calls=3, reward_tokens=120)), tree(1, Usage(reward_calls=1, reward_tokens=40))]
+    summary = search_summary([*trees, tree(2, Usage())], 1.0, "mcts")
+    assert summary["reward_calls"] == 4 and summary["reward_tokens"] == 160
+
+
+def test_a_token_cap_in_the_recipe_reaches_the_strategy(recipe, tmp_path):
+    capped = make_runner({**recipe, "budget": {"samples": 3, "max_tokens": 1}}).search()
+    trees = read_trees(tmp_path / "run" / "search" / "trees.jsonl")
+    assert all(t.node("0").visits == 1 for t in trees.values())  # one chain each: the first wave reached the cap
+    full = make_runner({**recipe, "output_dir": str(tmp_path / "full")}).search()
+    assert capped.summary["generated_tokens"] < full.summary["generated_tokens"]
+    assert capped.summary["reward_tokens"] == full.summary["reward_tokens"] == 0  # no reward model

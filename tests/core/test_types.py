@@ -26,8 +26,9 @@ EXAMPLES = [
     CodeJob("print(1)", timeout_s=2),
     Verdict("error", "", "ZeroDivisionError: division by zero", 0.01),
     RewardRequest("p", "s"),
-    Usage(policy_calls=2, generated_tokens=10),
+    Usage(policy_calls=2, generated_tokens=10, reward_calls=3, reward_tokens=41),
     Budget(samples=8),
+    Budget(samples=8, max_tokens=2000),
     Tree(
         "1",
         "q",
@@ -54,6 +55,27 @@ def test_unknown_fields_are_rejected():
 
 def test_usage_adds_up():
     assert Usage(1, 2) + Usage(3, 4, verifier_jobs=1) == Usage(4, 6, verifier_jobs=1)
+    assert Usage(reward_tokens=5) + Usage(reward_tokens=7) == Usage(reward_tokens=12)
+
+
+def test_a_tree_line_written_before_reward_tokens_were_counted_still_loads():
+    line = (
+        '{"id": "a1", "question": "What is 12 plus 30?", "answer": "42", "strategy": "best_of_n", '
+        '"prediction": "42", "correct": true, "usage": {"policy_calls": 7, "generated_tokens": 78, '
+        '"prompt_tokens": 2267, "verifier_jobs": 6, "reward_calls": 2, "wall_time_s": 1.4665}, '
+        '"nodes": [{"id": "0", "parent": null, "depth": 0, "text": "", "output": null, "visits": 3, '
+        '"q_value": 0.0, "value": null, "terminal": false, "final_answer": null, "correct": null}]}'
+    )
+    tree = Tree.from_dict(json.loads(line))
+    assert tree.usage.reward_calls == 2 and tree.usage.reward_tokens == 0
+    assert tree.usage.generated_tokens == 78 and tree.usage.wall_time_s == 1.4665
+
+
+def test_the_token_cap_is_off_by_default_and_positive():
+    assert Budget().max_tokens is None
+    assert Budget.from_dict({"max_tokens": 300}).max_tokens == 300
+    with pytest.raises(ValueError, match="max_tokens"):
+        Budget.from_dict({"max_tokens": 0})
 
 
 def test_types_are_frozen():
