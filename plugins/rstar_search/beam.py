@@ -8,7 +8,9 @@ no reward call). Every valid answer found shrinks the width by one, never below 
 is the ``width`` best-scored children that are not terminal (equal scores: the child created first).
 The search ends when the width is 0 or the beam is empty; because a code step deeper than
 ``budget.max_depth`` is a "too many steps" leaf, that happens at depth ``max_depth + 1`` at the
-latest. The answer is the answer with the highest score (ties: first in breadth-first order).
+latest. With a token cap (``budget.max_tokens``) it also ends before a level once the problem's
+generated tokens have reached it (so the cap is exceeded by at most one level). The answer is the
+answer with the highest score (ties: first in breadth-first order).
 
 Where the original went wrong, this one does not: children hang off the node that generated them,
 terminal nodes never take a beam slot, the width cannot go negative, and the choice reads the scores.
@@ -77,7 +79,7 @@ class Beam:
         width = ctx.budget.samples
         n = opts.expand_samples or width
         beam = [root]
-        while beam and width > 0:
+        while beam and width > 0 and not ctx.token_cap_reached:
             children = await self._expand(problem, ctx, beam, n)
             found = [ch for ch in children if ch.valid_answer]
             width = max(0, width - len(found))

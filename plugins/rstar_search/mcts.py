@@ -33,6 +33,11 @@ repeated ``runs`` times, one run after the other, run ``r`` (from 0) seeded with
 exactly the search above. Each run's best answer joins a pool; `rstar_search.vote.top_n_vote` picks
 the prediction. The runs' trees hang under a synthetic root ``"0"``: run ``r``'s root is ``"0.r"``
 (r from 1) and its node ``"0.x.y"`` becomes ``"0.r.x.y"``, one level deeper.
+
+With a token cap (``budget.max_tokens``), a rollout that has started always finishes, but none starts
+once the problem's generated tokens reach the cap, and neither does a further run: the tree is the
+one an uncapped search with fewer rollouts would have grown, and the cap is exceeded by at most one
+rollout.
 """
 
 from __future__ import annotations
@@ -163,9 +168,11 @@ class _Search:
         return await self._tree()
 
     async def grow(self) -> None:
-        """Run the ``budget.samples`` rollouts."""
+        """Run the ``budget.samples`` rollouts, or fewer: none starts once the token cap is reached."""
         max_depth = self.ctx.budget.max_depth
         for _ in range(self.ctx.budget.samples):
+            if self.ctx.token_cap_reached:
+                break
             node = self._select_from_root()
             for _ in range(max_depth):
                 if node is None or node.terminal or node.depth > max_depth:
@@ -353,9 +360,12 @@ def run_seed(seed: int, run: int) -> int:
 
 
 async def _multi_run(options: MCTSOptions, problem: Problem, ctx: SearchContext) -> Tree:
-    """``options.runs`` independent searches, one after the other; a vote over their best answers."""
+    """``options.runs`` independent searches, one after the other (none starts once the token cap is
+    reached); a vote over their best answers."""
     searches = []
     for r in range(options.runs):
+        if ctx.token_cap_reached:
+            break
         search = _Search(options, problem, ctx, seed=run_seed(ctx.seed, r))
         await search.grow()
         searches.append(search)

@@ -3,6 +3,13 @@
 Each solution is a chain of steps grown one policy call at a time (a code step, its execution, the
 next step, ... the answer). The N chains of one problem hang off the root of one tree: the k-th
 chain's first step is node ``0.k``, its next step ``0.k.1``, and so on.
+
+Without a token cap the N chains grow together, as one wave. With one (``budget.max_tokens``) they
+are drawn in waves of ``wave`` chains, each wave grown to its end before the next starts, and no
+wave starts once the problem's generated tokens reach the cap: the vote is over the chains drawn, and
+the cap is exceeded by at most one wave. Waves are fixed by the options, not by timing, so the
+result stays deterministic; but their requests differ from one wave's, so the samples differ from an
+uncapped search's even when the cap is never reached.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ class ChainOptions(Options):
         "step", description="one policy call per step, or per code block (then one for the answer)"
     )
     errors_threshold: int = Field(1, ge=1, description="consecutive erroring steps that end a solution")
+    wave: int = Field(
+        1,
+        ge=1,
+        description="with a token cap (budget.max_tokens): chains drawn at a time; no new wave starts once "
+        "the cap is reached, so the cap is exceeded by at most one wave",
+    )
 
 
 class SamplingOptions(ChainOptions):
@@ -84,24 +97,35 @@ class BestOfN:
         return ctx.budget.samples
 
     async def search(self, problem: Problem, ctx: SearchContext) -> Tree:
+        n = self.num_samples(ctx)
+        wave = n if ctx.budget.max_tokens is None else self.options.wave
+        chains: list[_Chain] = []
+        while len(chains) < n and not ctx.token_cap_reached:
+            drawn = [_Chain(k + 1) for k in range(len(chains), min(n, len(chains) + wave))]
+            await self._grow(problem, ctx, drawn)
+            chains += drawn
+
+        scores = await self._scores(problem, ctx, chains)
+        chosen = await self._choose(ctx, chains, scores)
+        return await _tree(problem, ctx, self.name, chains, scores, chosen)
+
+    async def _grow(self, problem: Problem, ctx: SearchContext, chains: list[_Chain]) -> None:
+        """Grow ``chains`` together, one step each per round, until every one has ended."""
         opts = self.options
         fmt = ctx.step_format
         stops = STOPS_BLOCK if opts.granularity == "block" else fmt.stops
-        n = self.num_samples(ctx)
-        chains = [_Chain(k + 1) for k in range(n)]
+
+        def request(chain: _Chain, count: int = 1) -> GenerationRequest:
+            return GenerationRequest(
+                prompt=fmt.render_prompt(problem.question, "".join(chain.texts)),
+                n=count,
+                max_tokens=ctx.budget.max_step_tokens,
+                temperature=opts.temperature,
+                top_p=opts.top_p,
+                stop=stops,
+            )
 
         while live := [c for c in chains if not c.done and len(c.steps) <= ctx.budget.max_depth]:
-
-            def request(chain: _Chain, count: int = 1) -> GenerationRequest:
-                return GenerationRequest(
-                    prompt=fmt.render_prompt(problem.question, "".join(chain.texts)),
-                    n=count,
-                    max_tokens=ctx.budget.max_step_tokens,
-                    temperature=opts.temperature,
-                    top_p=opts.top_p,
-                    stop=stops,
-                )
-
             if all(not c.steps for c in live):
                 # The first step of every chain shares one prompt: one request with n samples.
                 results = await ctx.generate([request(live[0], len(live))])
@@ -115,10 +139,6 @@ class BestOfN:
                 parent_id = chain.node_ids[-1] if chain.node_ids else "0"
                 chain.node_ids.append(f"{parent_id}.{chain.index}" if parent_id == "0" else f"{parent_id}.1")
                 chain.steps.append(step)
-
-        scores = await self._scores(problem, ctx, chains)
-        chosen = await self._choose(ctx, chains, scores)
-        return await _tree(problem, ctx, self.name, chains, scores, chosen)
 
     async def _scores(self, problem: Problem, ctx: SearchContext, chains: list[_Chain]) -> dict[int, float]:
         if self.vote == "majority" or not ctx.has_reward_model:

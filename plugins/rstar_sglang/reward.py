@@ -14,6 +14,9 @@ from the left by tokens and decoded back to text (the boundary token may re-toke
 the end, the step being judged, is kept exactly). SGLang's own ``allow_auto_truncate`` would keep the
 beginning instead (ALGORITHM.md section 10, bug 9).
 
+``score_with_tokens`` also gives the number of tokens SGLang read for each text: the ``prompt_tokens``
+of the output's ``meta_info``, so nothing is tokenized twice.
+
 This module imports neither sglang nor torch at import time.
 """
 
@@ -139,13 +142,22 @@ class SGLangRewardModel:
 
     async def score(self, items: Sequence[RewardRequest]) -> list[float]:
         """One reward per item, in order (the transformed head output at the text's last token)."""
+        return [reward for reward, _ in await self.score_with_tokens(items)]
+
+    async def score_with_tokens(self, items: Sequence[RewardRequest]) -> list[tuple[float, int]]:
+        """One ``(reward, tokens)`` pair per item, in order: the reward of :meth:`score` and the number of
+        tokens SGLang read (after any cut)."""
         batch = list(items)
         if not batch:
             return []
-        return await asyncio.to_thread(self.score_sync, batch)
+        return await asyncio.to_thread(self.score_with_tokens_sync, batch)
 
     def score_sync(self, items: Sequence[RewardRequest]) -> list[float]:
         """The blocking form of :meth:`score`."""
+        return [reward for reward, _ in self.score_with_tokens_sync(items)]
+
+    def score_with_tokens_sync(self, items: Sequence[RewardRequest]) -> list[tuple[float, int]]:
+        """The blocking form of :meth:`score_with_tokens`."""
         texts = [reward_text(i.prompt, i.solution) for i in items]
         if not texts:
             return []
@@ -157,7 +169,7 @@ class SGLangRewardModel:
         outputs = [answer] if isinstance(answer, dict) else list(answer)
         if len(outputs) != len(texts):
             raise RstarError(f"sglang returned {len(outputs)} outputs for {len(texts)} texts")
-        return [self.transform(embedding_score(o)) for o in outputs]
+        return [(self.transform(embedding_score(o)), read_tokens(o)) for o in outputs]
 
     def _require(self) -> Any:
         if self._engine is None:
@@ -189,4 +201,11 @@ def embedding_score(output: Any) -> float:
     return float(values[0])
 
 
-__all__ = ["SGLangRewardModel", "SGLangRewardOptions", "embedding_score"]
+def read_tokens(output: Any) -> int:
+    """How many tokens SGLang read for one text: ``meta_info["prompt_tokens"]`` of its output (0 without it)."""
+    meta = output.get("meta_info") if isinstance(output, dict) else None
+    count = meta.get("prompt_tokens") if isinstance(meta, dict) else None
+    return count if isinstance(count, int) else 0
+
+
+__all__ = ["SGLangRewardModel", "SGLangRewardOptions", "embedding_score", "read_tokens"]

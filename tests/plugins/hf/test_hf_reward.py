@@ -119,6 +119,18 @@ def test_left_truncation_keeps_the_end(ppm_dir: Path, raw_model: HFRewardModel):
     assert raw_model.max_length == 96  # default: the model's max_position_embeddings
 
 
+def test_tokens_read_are_counted_after_the_cut(ppm_dir: Path, raw_model: HFRewardModel):
+    model = HFRewardModel(HFRewardOptions(model=str(ppm_dir), device="cpu", transform="identity", max_length=12))
+    items = [RewardRequest("Question: what is 12 * 7?\n", t) for t in TEXTS]
+    texts = [reward_text(i.prompt, i.solution) for i in items]
+    for m in (raw_model, model):
+        pairs = asyncio.run(m.score_with_tokens(items))
+        assert [n for _, n in pairs] == [len(ids) for ids in m.token_ids(texts)]
+        assert [s for s, _ in pairs] == pytest.approx(m.score_sync(items), abs=1e-5)
+    assert max(n for _, n in asyncio.run(model.score_with_tokens(items))) == 12
+    assert asyncio.run(raw_model.score_with_tokens([])) == []
+
+
 def test_a_leading_bos_is_kept_when_cutting():
     class FakeBosTokenizer:
         """Test fake: one token per character, BOS (1) before every text, pad 0."""
@@ -266,6 +278,8 @@ def test_mcts_in_test_mode_uses_the_hf_reward_model(raw_model: HFRewardModel):
     [tree] = asyncio.run(engine.run([problem], strategy, fmt, Budget(samples=3, max_depth=6)))
     scored = [n for n in tree.nodes if n.parent is not None and n.value is not None]
     assert scored and tree.usage.reward_calls >= len(scored)
+    # every text is cut to the 96 positions, so each reward call read exactly 96 tokens
+    assert tree.usage.reward_tokens == 96 * tree.usage.reward_calls
     prompt = fmt.render_prompt(problem.question)
     expected = raw_model.score_sync([RewardRequest(prompt, _path_text(tree, n.id)) for n in scored])
     assert [n.value for n in scored] == pytest.approx(expected, abs=1e-5)
