@@ -1,11 +1,13 @@
-"""``rstar compare``: the grid of cells, their caching, the bootstrap interval, the output files and the
-command. Uses the scripted ``adder`` policy; code runs in-process and answers are compared as strings (the
-fakes of conftest, registered by a test plugin) to stay fast. The runner's tests cover the real verifier
-and checker."""
+"""``rstar compare``: the grid of cells, their caching, the bootstrap interval, the budget axis, the paired
+tests against the reference cell, the output files and the command. Uses the scripted ``adder`` policy;
+code runs in-process and answers are compared as strings (the fakes of conftest, registered by a test
+plugin) to stay fast. The runner's tests cover the real verifier and checker. The statistics alone are in
+test_compare_stats.py."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -31,10 +33,22 @@ from rstar.errors import ConfigError
 from rstar.plugins import make_plugin_manager
 from rstar.registry import Registry
 from rstar.rundir import DONE
+from rstar.types import Budget, Usage
+
+
+class CountingReward:
+    """A reward model that scores every solution 0.5 and says it read one token per word."""
+
+    async def score(self, items):
+        return [0.5 for _ in items]
+
+    async def score_with_tokens(self, items):
+        return [(0.5, len((item.prompt + item.solution).split())) for item in items]
 
 
 class Fakes:
-    """Registers conftest's in-process verifier and exact-match checker as ``inprocess`` and ``exact``."""
+    """Registers conftest's in-process verifier and exact-match checker as ``inprocess`` and ``exact``, and
+    `CountingReward` as ``counting``."""
 
     @hookimpl
     def register_verifiers(self, register):
@@ -44,6 +58,10 @@ class Fakes:
     def register_answer_checkers(self, register):
         register("exact", lambda options: FakeExactChecker())
 
+    @hookimpl
+    def register_reward_models(self, register):
+        register("counting", lambda options: CountingReward())
+
 
 DRAW = compare_module.plot
 
@@ -51,7 +69,14 @@ DRAW = compare_module.plot
 @pytest.fixture(autouse=True)
 def no_plot(monkeypatch):
     """Drawing costs a second or two per run; only the plot test draws."""
-    monkeypatch.setattr(compare_module, "plot", lambda rows, path, confidence=0.95: False)
+    monkeypatch.setattr(compare_module, "plot", lambda rows, path, *args, **kwargs: False)
+
+
+HAS_MAX_TOKENS = "max_tokens" in {f.name for f in dataclasses.fields(Budget)}
+needs_max_tokens = pytest.mark.skipif(
+    not HAS_MAX_TOKENS, reason="depends on rstar.types.Budget.max_tokens (the tokens axis sets it)"
+)
+"""The tokens axis sets ``budget.max_tokens``, a field of `rstar.types.Budget` added with issue 19."""
 
 
 @pytest.fixture
@@ -182,6 +207,7 @@ def test_output_files(recipe, registry, pm, tmp_path):
     assert rows[0]["tokens_per_problem"] == str(first["tokens_per_problem"]) != "0.0"
     report = json.loads((out / "compare.json").read_text())
     assert report["bootstrap"] == 200 and report["confidence"] == 0.95
+    assert (report["axis"], report["budget_key"], report["reference"]) == ("samples", "samples", "greedy@1")
     assert [r["strategy"] for r in report["rows"]] == ["greedy", "vote", "vote", "mcts", "mcts"]
     assert report["rows"][0]["status"] == "computed"
     md = (out / "compare.md").read_text().splitlines()
@@ -193,14 +219,178 @@ def test_output_files(recipe, registry, pm, tmp_path):
     assert result.files["csv"] == out / "compare.csv"
 
 
+def test_every_row_states_its_spend_in_every_unit(recipe, registry, pm, tmp_path):
+    result, _ = run(recipe, registry, pm)
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "cmp" / "compare.csv").read_text())))
+    for row, stored, line in zip(result.rows, report["rows"], rows, strict=True):
+        spend = ("prompt_tokens", "reward_tokens", "reward_calls", "verifier_jobs", "seconds", "seconds_per_problem")
+        assert set(spend) <= set(row) and set(spend) <= set(stored) and set(spend) <= set(line)
+        assert row["samples"] == row["budget"] and row["max_tokens"] is None and line["max_tokens"] == ""
+        assert row["prompt_tokens"] > 0  # every policy call sends a prompt
+        assert row["reward_tokens"] == 0 == row["reward_calls"]  # no reward model in this recipe
+        assert row["seconds_per_problem"] == pytest.approx(row["seconds"] / 6, abs=1e-3)
+    greedy, vote3 = result.rows[0], result.rows[2]
+    assert vote3["prompt_tokens"] > greedy["prompt_tokens"]  # 7 policy calls per problem against 3
+    md = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
+    header = next(line for line in md if line.startswith("|"))
+    for column in ("prompt tokens", "policy calls", "PPM tokens", "reward calls", "verifier jobs", "s/problem"):
+        assert f"| {column} |" in header
+
+
+@pytest.mark.skipif(
+    "reward_tokens" not in {f.name for f in dataclasses.fields(Usage)},
+    reason="depends on rstar.types.Usage.reward_tokens and the engine counting a reward model's tokens",
+)
+def test_the_reward_models_tokens_reach_the_row(recipe, registry, pm):
+    recipe["compare"]["strategies"] = {"ranked": {"search": {"vote": "reward"}, "reward_model": {"name": "counting"}}}
+    recipe["compare"]["budgets"] = [2]
+    result, _ = run(recipe, registry, pm)
+    (row,) = result.rows
+    assert row["reward_calls"] > 0 and row["reward_tokens"] > row["reward_calls"]
+
+
+def test_each_cell_is_paired_with_the_first_cell(recipe, registry, pm, tmp_path):
+    result, _ = run(recipe, registry, pm)
+    assert [p["cell"] for p in result.paired] == ["vote@1", "vote@3", "mcts@1", "mcts@3"]
+    assert {p["reference"] for p in result.paired} == {"greedy@1"}
+    rows = {f"{r['strategy']}@{r['budget']}": r for r in result.rows}
+    for test in result.paired:
+        # Every cell searched the same six problems, so the paired accuracies are the rows' accuracies.
+        assert test["problems"] == 6
+        assert test["accuracy"] == rows[test["cell"]]["accuracy"]
+        assert test["reference_accuracy"] == rows["greedy@1"]["accuracy"]
+        assert test["difference"] == pytest.approx(test["accuracy"] - test["reference_accuracy"])
+        changed = test["only_cell_correct"] - test["only_reference_correct"]
+        assert test["difference"] == pytest.approx(changed / 6)
+        assert test["ci_low"] <= test["difference"] <= test["ci_high"]
+        assert 0 < test["p_value"] <= 1
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert report["paired"] == result.paired
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "## Paired against greedy@1" in md
+    for line in result.footer:
+        assert f"- {line}" in md
+    assert result.footer[0].startswith("vote@1 vs greedy@1: ") and "McNemar p " in result.footer[0]
+
+
+def test_the_reference_option_picks_the_cell_the_others_are_paired_with(recipe, registry, pm):
+    recipe["compare"]["reference"] = "vote@3"
+    result, _ = run(recipe, registry, pm)
+    assert [p["cell"] for p in result.paired] == ["greedy@1", "vote@1", "mcts@1", "mcts@3"]
+    assert {p["reference"] for p in result.paired} == {"vote@3"}
+
+
+@pytest.mark.parametrize(
+    ("reference", "problem"),
+    [
+        ("mctz", "compare.reference: 'mctz' is not a strategy label; the labels are greedy, vote, mcts"),
+        ("mcts@2", "compare.reference: mcts has no budget '2'; its budgets are 1, 3"),
+        ("mcts@x", "compare.reference: mcts has no budget 'x'"),
+    ],
+)
+def test_a_reference_that_names_no_cell_is_a_recipe_problem(recipe, registry, reference, problem):
+    recipe["compare"]["reference"] = reference
+    problems = compare_problems(recipe, registry)
+    assert len(problems) == 1 and problems[0].startswith(problem)
+
+
+# --- the budget axis ---------------------------------------------------------------------------------
+
+
+def test_the_samples_axis_is_the_default_and_writes_samples_folders(recipe, registry):
+    options, cells = plan_cells(recipe, registry)
+    assert options.axis == "samples"
+    assert [c.folder.name for c in cells] == ["samples_1", "samples_1", "samples_3", "samples_1", "samples_3"]
+    assert all(c.recipe["budget"]["samples"] == c.budget and "max_tokens" not in c.recipe["budget"] for c in cells)
+
+
+@needs_max_tokens
+def test_the_tokens_axis_sets_max_tokens_and_keeps_each_strategys_samples(recipe, registry, tmp_path):
+    recipe["compare"] = {
+        "axis": "tokens",
+        "budgets": [256, 64],
+        "strategies": {"greedy": {"search": {"name": "greedy"}}, "vote": {"budget": {"samples": 8}}},
+    }
+    options, cells = plan_cells(recipe, registry)
+    assert options.axis == "tokens"
+    assert [(c.name, c.folder.name) for c in cells] == [
+        ("greedy@64", "tokens_64"),
+        ("greedy@256", "tokens_256"),
+        ("vote@64", "tokens_64"),
+        ("vote@256", "tokens_256"),
+    ]
+    assert cells[0].folder == tmp_path / "cmp" / "cells" / "greedy" / "tokens_64"
+    assert [c.recipe["budget"] for c in cells] == [
+        {"samples": 2, "max_depth": 4, "max_tokens": 64},
+        {"samples": 2, "max_depth": 4, "max_tokens": 256},
+        {"samples": 8, "max_depth": 4, "max_tokens": 64},
+        {"samples": 8, "max_depth": 4, "max_tokens": 256},
+    ]
+    assert [c.validated.options.budget.max_tokens for c in cells] == [64, 256, 64, 256]
+
+
+@needs_max_tokens
+def test_a_tokens_grid_runs_and_states_its_axis(recipe, registry, pm, tmp_path):
+    recipe["compare"] = {"axis": "tokens", "budgets": [64, 4096], "strategies": {"vote": {}}, "bootstrap": 50}
+    events = []
+    result = Comparison(recipe, registry, pm, progress=lambda e, p: events.append((e, p))).run()
+    assert [(p["budget_key"], p["budget"]) for e, p in events if e == "cell"] == [
+        ("max_tokens", 64),
+        ("max_tokens", 4096),
+    ]
+    assert [(r["budget"], r["samples"], r["max_tokens"]) for r in result.rows] == [(64, 2, 64), (4096, 2, 4096)]
+    stored = yaml.safe_load((tmp_path / "cmp" / "cells" / "vote" / "tokens_64" / "config.yaml").read_text())
+    assert stored["budget"]["max_tokens"] == 64
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert (report["axis"], report["budget_key"]) == ("tokens", "max_tokens")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| strategy | search | budget | samples | problems |" in md and "budget.max_tokens" in md
+
+
+@needs_max_tokens
+def test_on_the_tokens_axis_a_strategy_may_set_samples_but_not_max_tokens(recipe, registry):
+    recipe["compare"] = {
+        "axis": "tokens",
+        "budgets": [64],
+        "strategies": {"a": {"budget": {"samples": 16}}, "b": {"budget": {"max_tokens": 8}}},
+    }
+    problems = compare_problems(recipe, registry)
+    assert [
+        p for p in problems if p.startswith("compare.strategies.b.budget.max_tokens: set by the grid (axis: tokens)")
+    ]
+    assert not [p for p in problems if p.startswith("compare.strategies.a")]
+
+
 @pytest.mark.slow
 def test_plot_is_a_png_when_matplotlib_is_present(recipe, registry, pm, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     monkeypatch.setattr(compare_module, "plot", DRAW)
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
     result, _ = run(recipe, registry, pm)
     png = tmp_path / "cmp" / "compare.png"
     assert result.files["plot"] == png and result.plot_note is None
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Two panels side by side: accuracy against tokens and against wall time, one line per strategy on each.
+    tokens, seconds = figures[0].axes
+    assert "tokens per problem" in tokens.get_xlabel() and "seconds per problem" in seconds.get_xlabel()
+    assert (tokens.get_xscale(), seconds.get_xscale()) == ("log", "log")
+    assert len(tokens.lines) > 0 and [t.get_text() for t in tokens.get_legend().get_texts()] == [
+        "greedy",
+        "vote",
+        "mcts",
+    ]
+    budgets = sorted(t.get_text() for t in tokens.texts)
+    assert budgets == ["1", "1", "1", "3", "3"]
 
 
 def test_without_matplotlib_the_tables_are_written_and_the_fix_named(recipe, registry, pm, tmp_path):
@@ -314,6 +504,8 @@ def test_the_command_prints_the_table_and_the_files(recipe, tmp_path, command_wi
     assert result.exit_code == 0, result.output
     assert "vote" in result.output and "mcts" in result.output and "comparison" in result.output
     assert "compare.csv" in result.output
+    assert "vote, samples=1" in result.output  # the budget key each cell sets
+    assert "mcts@1 vs greedy@1: " in result.output and "McNemar p" in result.output  # the paired footer
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"][-1]["budget"] == 1
     again = command_with_fakes(str(path), "compare.budgets=[1]")
     assert again.exit_code == 0 and "reused" in again.output
