@@ -1,5 +1,5 @@
 """The self-evolution pipeline, as a bundled plugin: the stages of a round, the recipe sections they
-read, the per-round report, and the ``extract``, ``train`` and ``compare`` commands.
+read, the reports, and the ``extract``, ``train``, ``compare``, ``report`` and ``rescore`` commands.
 
 The kernel (``rstar``) runs rounds of named stages and offers a resumable search; everything that
 makes those rounds rStar-Math's lives here, registered through the same hooks a third-party plugin
@@ -44,6 +44,8 @@ def register_commands(register: RegisterFn) -> None:
     register("extract", "rstar_pipeline.commands:extract", description="trees -> SFT data and preference pairs")
     register("train", "rstar_pipeline.commands:train", description="one training stage of a recipe")
     register("compare", "rstar_pipeline.commands:compare", description="strategies x budgets, a table and a plot")
+    register("report", "rstar_pipeline.commands:report", description="report.md and report.png of any result folder")
+    register("rescore", "rstar_pipeline.commands:rescore", description="re-check stored trees, generating nothing")
 
 
 @rstar.hookimpl

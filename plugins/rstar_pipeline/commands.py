@@ -1,17 +1,17 @@
-"""The pipeline's commands: ``rstar extract``, ``rstar train`` and ``rstar compare``."""
+"""The pipeline's commands: ``rstar extract``, ``train``, ``compare``, ``report`` and ``rescore``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import yaml
 from rich.markup import escape
 from rich.table import Table
 
-from rstar.cli import OVERRIDES, Progress, console, load, make_runner, out
+from rstar.cli import OVERRIDES, console, load, make_runner, out, showing_progress
 from rstar.errors import ConfigError
 from rstar.options import validate_options
 from rstar.rundir import write_jsonl
@@ -128,7 +128,8 @@ def train(
     if round_recipe.section(stage) is None:
         raise ConfigError([f"{stage}: the recipe has no {stage!r} section, e.g. {stage}: {{name: {kind}}}"], recipe)
     if data is None and init_model is None and out_dir is None:
-        result = runner.run_stage(stage, round_index)
+        with showing_progress():
+            result = runner.run_stage(stage, round_index)
         out.print(json.dumps(result.summary, indent=2))
         return
     ctx = StageRun(runner, round_recipe, round_index, runner.round_dir(round_index) / stage)
@@ -147,8 +148,6 @@ def compare(recipe: str, overrides: tuple[str, ...]) -> None:
     from rstar.registry import get_registry
     from rstar_pipeline.compare import Comparison, fmt_ci, fmt_percent
 
-    bar = Progress()
-
     def progress(event: str, payload: dict[str, Any]) -> None:
         if event == "cell":
             status = payload["status"]
@@ -156,19 +155,27 @@ def compare(recipe: str, overrides: tuple[str, ...]) -> None:
                 status += f": changed {', '.join(payload['changed'])}"
             console.print(
                 f"[bold]cell {payload['index']} of {payload['total']}[/]: {escape(str(payload['label']))}, "
-                f"samples={payload['budget']} ({escape(status)})"
+                f"{payload['budget_key']}={payload['budget']} ({escape(status)})"
             )
-        bar(event, payload)
 
     comparison = Comparison(
         load(recipe, overrides), get_registry(), get_plugin_manager(), source=recipe, progress=progress
     )
-    try:
+    with showing_progress():
         result = comparison.run()
-    finally:
-        bar.close()
     table = Table(title="comparison")
-    columns = ("strategy", "budget", "problems", "accuracy", "CI", "tokens/problem", "policy calls", "seconds", "cell")
+    columns = (
+        "strategy",
+        "budget",
+        "problems",
+        "accuracy",
+        "CI",
+        "tokens/problem",
+        "policy calls",
+        "PPM tokens",
+        "seconds",
+        "cell",
+    )
     for col in columns:
         table.add_column(col, justify="left" if col in ("strategy", "cell") else "right")
     for r in result.rows:
@@ -180,11 +187,116 @@ def compare(recipe: str, overrides: tuple[str, ...]) -> None:
             fmt_ci(r),
             str(r["tokens_per_problem"]),
             str(r["policy_calls"]),
+            str(r["reward_tokens"]),
             str(r["seconds"]),
             r["status"],
         )
     out.print(table)
+    for line in result.footer:
+        out.print(escape(line))
     if result.plot_note:
         console.print(f"[yellow]{escape(result.plot_note)}[/]")
     for path in result.files.values():
         out.print(f"wrote {path}")
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="where to write them (default: FOLDER)")
+def report(folder: str, out_dir: str | None) -> None:
+    """Write report.md and report.png for a run, search or compare folder and print the Markdown.
+
+    Tables: the rounds (a run), every search with its accuracy and spend (re-scorings included), the seconds of
+    each stage per round (a compare folder: of each cell). Plots: accuracy per round, accuracy against tokens
+    per problem, time per stage (matplotlib: pip install 'rstar[plot]').
+    """
+    from rstar_pipeline.report import write_report
+
+    path = write_report(folder, out_dir)
+    click.echo(path.read_text(encoding="utf-8"))
+    out.print(f"wrote {path}", highlight=False)
+    if (path.parent / "report.png").is_file():
+        out.print(f"wrote {path.parent / 'report.png'}", highlight=False)
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("settings", nargs=-1, metavar="[answer_checker.KEY=VALUE | reward_model.KEY=VALUE]...")
+@click.option("--answer-checker", "answer_checker", metavar="NAME", help="check every answer again with this checker")
+@click.option("--reward-model", "reward_model", metavar="NAME", help="score the nodes again with this reward model")
+@click.option(
+    "--vote",
+    type=click.Choice(["best", "weighted", "majority"]),
+    help="how the prediction is picked from the new scores (default: as the strategy picks it)",
+)
+@click.option("--answers-only", is_flag=True, help="score only the answers with the reward model, not every step")
+@click.option("--name", help="the new folders are rescore-NAME (default: the components' names)")
+def rescore(
+    folder: str,
+    settings: tuple[str, ...],
+    answer_checker: str | None,
+    reward_model: str | None,
+    vote: str | None,
+    answers_only: bool,
+    name: str | None,
+) -> None:
+    """Re-check the stored trees of a run, search or compare folder, generating nothing.
+
+    Each finished search's trees are read back, re-checked with --answer-checker (each answer's `correct`) and/or
+    re-scored with --reward-model (each node's `value`, then the prediction picked again from the new scores as
+    the strategy picks it), and written with a new summary into SEARCH/rescore-NAME/, next to the originals,
+    which are never changed. Components take options as KEY=VALUE settings, e.g.
+
+    \b
+    rstar rescore runs/qs --reward-model hf reward_model.model=@round.ppm reward_model.threads=2
+    rstar rescore runs/cmp --answer-checker math_verify answer_checker.timeout_s=5
+    """
+    from rstar.registry import get_registry
+    from rstar_pipeline.rescore import Outcome, Vote, rescore_all, rescoring
+
+    registry = get_registry()
+    plan = rescoring(
+        registry,
+        answer_checker,
+        reward_model,
+        settings,
+        name=name,
+        vote=cast("Vote | None", vote),
+        answers_only=answers_only,
+    )
+    root = Path(folder).resolve()
+
+    def done(outcome: Outcome) -> None:
+        where = outcome.folder.relative_to(root) if outcome.folder.is_relative_to(root) else outcome.folder
+        console.print(f"[dim]rescored {escape(str(where))}[/]", highlight=False)
+
+    outcomes, skipped = rescore_all(root, plan, registry, on_done=done)
+    for item in skipped:
+        where = item.folder.relative_to(root) if item.folder.is_relative_to(root) else item.folder
+        console.print(f"[yellow]left out[/] {escape(str(where))}: {escape(item.reason)}", highlight=False)
+    if not outcomes:
+        raise ConfigError([f"{folder}: no search could be re-scored (see above)"])
+    table = Table(title=f"rescore-{plan.name}")
+    table.add_column("search", overflow="fold")
+    table.add_column("strategy")
+    for col in ("problems", "accuracy before", "after", "predictions changed", "reward calls", "seconds"):
+        table.add_column(col, justify="right")
+    for outcome in outcomes:
+        s, r = outcome.summary, outcome.summary["rescore"]
+        table.add_row(
+            escape(str(outcome.target.folder.relative_to(root) if outcome.target.folder != root else root.name)),
+            str(s["strategy"]),
+            str(s["problems"]),
+            fmt_accuracy(r["accuracy_before"]),
+            fmt_accuracy(s["accuracy"]),
+            str(r["changed_predictions"]),
+            str(r["reward_calls"]),
+            str(r["seconds"]),
+        )
+    out.print(table)
+    for outcome in outcomes:
+        out.print(f"wrote {outcome.folder}", highlight=False)
+
+
+def fmt_accuracy(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
