@@ -12,6 +12,10 @@ exits; the calling process is rank 0 and runs ``fit`` in-process as usual. The e
 Lightning reads (``MASTER_ADDR``, ``MASTER_PORT``, ``NODE_RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``) are
 set for all of them, so Lightning sees processes that were "created externally" and starts none.
 
+Several machines (``num_nodes`` > 1) run the same command, each with node 0's ``MASTER_ADDR`` and ``MASTER_PORT``
+and its own ``NODE_RANK`` in the environment (`check_nodes` says which is missing); each starts its own ranks
+as above, and only global rank 0 (node 0's rank 0) writes.
+
 Rank 0 waits for its workers before it returns, so no process outlives ``fit``. When a worker fails,
 the others are stopped and rank 0 raises `RstarError`; when rank 0 fails, its workers are stopped.
 Under an external launcher (torchrun, SLURM; ``LOCAL_RANK`` already set) nothing is started.
@@ -55,6 +59,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch.distributed as dist
+from lightning.fabric.plugins.environments import (
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
@@ -68,6 +78,9 @@ log = logging.getLogger(__name__)
 
 ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 """What Lightning's default cluster environment reads; set here for every rank, restored afterwards."""
+
+MANAGED_ENVIRONMENTS = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
+"""The cluster managers Lightning detects (as its Trainer does) and takes the nodes' rendezvous from."""
 
 STOP_GRACE_S = 10.0
 """How long a stopped worker gets to exit after SIGTERM before it is killed."""
@@ -109,6 +122,26 @@ def processes_per_node(options: TrainOptions) -> int:
     return launcher.num_processes
 
 
+def check_nodes(options: TrainOptions) -> None:
+    """Several machines (``num_nodes`` > 1) meet at ``MASTER_ADDR:MASTER_PORT`` (node 0's), each told its
+    ``NODE_RANK``; without them each machine would make up its own and wait for the others forever. A cluster
+    manager that Lightning detects (SLURM, torchrun, ...) sets them itself: then nothing is asked."""
+    n = options.num_nodes
+    if n <= 1 or "LOCAL_RANK" in os.environ or any(env.detect() for env in MANAGED_ENVIRONMENTS):
+        return
+    missing = [key for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if not os.environ.get(key)]
+    if missing:
+        raise ConfigError(
+            [
+                f"trainer.num_nodes={n}: set {', '.join(missing)} in the environment of the command on every "
+                f"machine: MASTER_ADDR and MASTER_PORT of node 0 (the same everywhere), NODE_RANK 0 to {n - 1}"
+            ]
+        )
+    rank = os.environ["NODE_RANK"]
+    if not rank.isdigit() or int(rank) >= n:
+        raise ConfigError([f"trainer.num_nodes={n}: NODE_RANK={rank} is not one of 0 to {n - 1}"])
+
+
 def lightning_strategy(options: TrainOptions) -> Any:
     """The ``strategy`` argument of ``pl.Trainer`` for ``options.strategy``."""
     if options.strategy == "fsdp":
@@ -129,6 +162,7 @@ def local_ranks(trainer: Any, data: Path, init_model: str, out_dir: Path) -> Ite
     left in the environment would be taken by the next run's processes, still bound by this one).
     Under an external launcher nothing is touched.
     """
+    check_nodes(trainer.options)
     count = processes_per_node(trainer.options)
     if count <= 1:
         saved = {key: os.environ.get(key) for key in ENV_KEYS}
