@@ -11,9 +11,11 @@ the trees through a DNS name pointed at 127.0.0.1.
 
 from __future__ import annotations
 
+import html
 import json
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +46,15 @@ class ViewServer(ThreadingHTTPServer):
         return f"http://{HOST}:{self.server_port}/"
 
 
+def report_page(report: Path) -> bytes:
+    """The folder's report (`rstar report`) as a page: its plot, then its Markdown as text."""
+    text = html.escape(report.read_text(encoding="utf-8"))
+    has_plot = report.with_suffix(".png").is_file()
+    plot = '<img src="report.png" alt="report plot" style="max-width:100%">' if has_plot else ""
+    page = f"<!doctype html><meta charset=utf-8><title>rstar report</title>{plot}<pre>{text}</pre>"
+    return page.encode("utf-8")
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: ViewServer
 
@@ -68,6 +79,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json({"error": "no such tree"}, HTTPStatus.NOT_FOUND)
             else:
                 self._json(tree)
+        elif url.path == "/report" and (report := store.report()) is not None:
+            self._send(HTTPStatus.OK, report_page(report), "text/html; charset=utf-8")
+        elif (
+            url.path == "/report.png"
+            and (report := store.report()) is not None
+            and (png := report.with_suffix(".png")).is_file()
+        ):
+            self._send(HTTPStatus.OK, png.read_bytes(), "image/png")
         else:
             self._json({"error": f"no such page: {url.path}"}, HTTPStatus.NOT_FOUND)
 

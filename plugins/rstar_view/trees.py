@@ -352,10 +352,17 @@ class TreeStore:
             return {
                 "version": self.version,
                 "target": str(self.target),
+                "report": self.report() is not None,
                 "sources": sources,
                 "problems": problems,
                 "warnings": warnings,
             }
+
+    def report(self) -> Path | None:
+        """The folder's ``report.md`` (written by `rstar run` and `rstar report`), when it has one."""
+        folder = self.target if self.target.is_dir() else self.target.parent
+        path = folder / "report.md"
+        return path if path.is_file() else None
 
     def tree(self, source: str, problem: str) -> dict[str, Any] | None:
         """One problem's tree of one source, as `tree_view` makes it, or None. The last few are kept."""

@@ -578,6 +578,7 @@
     state.labels = new Map(index.sources.map((s) => [s.key, s.label]));
     $("target").textContent = index.target;
     $("target").title = index.target;
+    $("report").hidden = !(LIVE && index.report);  // served only: the page written with -o has no server behind it
     document.title = "rstar view · " + index.target;
     const sources = index.sources.map((s) => [s.key, `${s.label} (${s.trees})`]);
     setOptions($("source"), sources, el("option", { value: "all", text: "all sources" }));

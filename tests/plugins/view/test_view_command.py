@@ -156,3 +156,17 @@ def test_the_server_refuses_other_host_names(served):
     status, body = get(server.url + "api/index", host=f"attacker.example:{server.server_port}")
     assert status == 403 and body == b"unknown host"
     assert get(server.url, host=f"localhost:{server.server_port}")[0] == 200
+
+
+def test_the_served_page_links_the_folders_report(served):
+    """`rstar report` (and `rstar run`) write report.md and report.png; the served viewer links them."""
+    server, folder = served
+    folder.mkdir(parents=True, exist_ok=True)
+    assert json.loads(get(server.url + "api/index")[1])["report"] is False
+    assert get(server.url + "report")[0] == 404
+    (folder / "report.md").write_text("# rstar run\n\n| round | a<b |\n")
+    (folder / "report.png").write_bytes(b"\x89PNG fake")
+    assert json.loads(get(server.url + "api/index")[1])["report"] is True
+    status, page = get(server.url + "report")
+    assert status == 200 and b'<img src="report.png"' in page and b"a&lt;b" in page  # the Markdown, escaped
+    assert get(server.url + "report.png") == (200, b"\x89PNG fake")
