@@ -119,6 +119,7 @@ class ProgressDisplay:
         self.bar: Any = None
         self.task: Any = None
         self.resumed = 0
+        self.workers = ""  # an executor's workers (executor_event), shown after the counters
 
     @hookimpl
     def stage_start(self, run: RunInfo, round: int, stage: str, folder: Path, skipped: bool) -> None:
@@ -131,6 +132,7 @@ class ProgressDisplay:
     def search_start(self, run: RunInfo, folder: Path, recipe: Recipe, total: int, done: int) -> None:
         self.close()
         self.resumed = done
+        self.workers = ""
         if not self.live:
             return
         policy = recipe.require("policy")
@@ -156,7 +158,15 @@ class ProgressDisplay:
     @hookimpl
     def search_progress(self, snapshot: EngineSnapshot) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, completed=self.resumed + snapshot.done, counters=counters_line(snapshot))
+            counters = counters_line(snapshot) + (f" · {self.workers}" if self.workers else "")
+            self.bar.update(self.task, completed=self.resumed + snapshot.done, counters=counters)
+
+    @hookimpl
+    def executor_event(self, event: str, payload: dict[str, Any]) -> None:
+        if event in ("worker_ready", "worker_lost"):
+            self.console.print(f"[dim]{escape(event.replace('_', ' '))}: {escape(_brief(payload))}[/]", highlight=False)
+        elif event == "executor_progress":
+            self.workers = workers_line(payload.get("workers") or [])
 
     @hookimpl
     def search_end(self, run: RunInfo, folder: Path, summary: dict[str, Any]) -> None:
@@ -184,6 +194,13 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+def workers_line(workers: list[dict[str, Any]]) -> str:
+    """An executor's workers on one line: how many are up, and each one's problems per second."""
+    ready = [w for w in workers if w.get("state") == "ready"]
+    rates = " ".join(f"{float(w.get('problems_per_s') or 0):.2f}" for w in ready)
+    return f"{len(ready)}/{len(workers)} workers ({rates} problems/s)" if workers else ""
 
 
 def counters_line(s: EngineSnapshot) -> str:

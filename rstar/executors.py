@@ -55,7 +55,7 @@ class SearchWork:
     on_progress: Callable[[EngineSnapshot], None]
     """Takes the search's counters so far, summed over its workers (for the ``search_progress`` hook), now and then."""
     progress: Progress
-    """Takes the executor's own display events (`rstar.runner.Runner.progress`): workers started, lost, ..."""
+    """Takes the executor's own events, ``(event, payload)``: the runner hands them to the ``executor_event`` hook."""
 
 
 @runtime_checkable

@@ -173,6 +173,15 @@ def search_progress(run: RunInfo, round: int, stage: str, folder: Path, snapshot
 
 
 @hookspec
+def executor_event(run: RunInfo, round: int, stage: str, folder: Path, event: str, payload: dict[str, object]) -> None:
+    """Called by an executor that runs a search elsewhere (``executor: {name: ray}``): ``executor_start``,
+    ``worker_ready`` and ``worker_lost`` (a worker's problems go back to the queue), ``executor_progress`` (about
+    once a second: ``payload["workers"]``, one mapping per worker with ``state``, ``in_flight``, ``done`` and
+    ``problems_per_s``; ``queued``, ``done``) and ``executor_end``. The search's own counters still come through
+    ``search_progress``, summed over the workers."""
+
+
+@hookspec
 def search_end(run: RunInfo, round: int, stage: str, folder: Path, summary: dict[str, object]) -> None:
     """Called when a search has finished, every tree written, with its summary (accuracy, spend, seconds; the
     same summary a ``search`` stage's ``stage_end`` gets). Not called when the search fails: ``run_end`` is."""

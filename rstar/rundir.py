@@ -129,6 +129,11 @@ def mark_done(folder: Path, summary: Mapping[str, Any]) -> None:
     (folder / DONE).touch()
 
 
+PLACEMENT_KEYS = ("executor",)
+"""Recipe keys that say where a search runs, not what it computes (trees are the same whichever worker grows
+them): a run may be resumed with them changed."""
+
+
 def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted paths of the keys whose values differ between two recipes."""
     keys = sorted(set(old) | set(new))

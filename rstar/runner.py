@@ -161,6 +161,9 @@ class Runner:
         if config_path.exists():
             previous = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
             changed = rundir.changed_keys(previous, data)
+            if changed and all(key.split(".")[0] in rundir.PLACEMENT_KEYS for key in changed):
+                rundir.write_atomic(config_path, yaml.safe_dump(data, sort_keys=False))  # resumed elsewhere: say where
+                changed = []
             if changed:
                 raise ConfigError(
                     [
@@ -278,7 +281,9 @@ class Runner:
                         self.registry,
                         on_tree,
                         lambda snapshot: self.pm.hook.search_progress(run=self.info, **where, snapshot=snapshot),
-                        self.progress,
+                        lambda event, payload: self.pm.hook.executor_event(
+                            run=self.info, **where, event=event, payload=payload
+                        ),
                     )
                 )
         # --- end of scale-out ---

@@ -54,7 +54,7 @@ from rstar.config import Recipe, RecipeChecker, check_recipe, merge_over
 from rstar.errors import ConfigError
 from rstar.options import Options, options_problems
 from rstar.registry import Registry
-from rstar.rundir import DONE, changed_keys, read_summary, read_trees, write_atomic
+from rstar.rundir import DONE, PLACEMENT_KEYS, changed_keys, read_summary, read_trees, write_atomic
 from rstar.runner import ComponentCache, Runner, search_summary
 from rstar.types import Tree
 
@@ -184,7 +184,10 @@ def merge_strategy(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[st
     """A strategy's recipe: its entry (``budgets`` aside) merged over the recipe with
     `rstar.config.merge_over`, which keeps only the kernel's keys (no ``compare``, ``rounds``, ``stages``,
     plugin sections) and lets a component section that names another component replace the base's section."""
-    return merge_over(base, {k: v for k, v in entry.items() if k != "budgets"})
+    merged = merge_over(base, {k: v for k, v in entry.items() if k != "budgets"})
+    if base.get("executor") is not None:  # where the cells run (e.g. on Ray workers), as the base recipe says
+        merged["executor"] = base["executor"]
+    return merged
 
 
 def with_budget(
@@ -539,7 +542,8 @@ class Comparison:
         if not config_path.exists():
             return "computed", []
         stored = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        changed = [k for k in changed_keys(stored, cell.recipe) if k != "output_dir"]
+        ignored = ("output_dir", *PLACEMENT_KEYS)  # where a cell runs does not change its trees
+        changed = [k for k in changed_keys(stored, cell.recipe) if k.split(".")[0] not in ignored]
         if changed:
             shutil.rmtree(cell.folder)
             return "recomputed", changed

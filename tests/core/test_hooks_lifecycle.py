@@ -305,3 +305,19 @@ def test_the_command_line_registers_its_display_as_a_plugin_for_the_command_only
         assert pm.get_plugin(ProgressDisplay.plugin_name) is display
         assert pm.hook.search_progress.get_hookimpls()[-1].plugin is display
     assert pm.get_plugin(ProgressDisplay.plugin_name) is None
+
+
+def test_the_display_tells_an_executors_workers():
+    """executor_event (rstar_ray): a line per worker started or lost; the workers' rates join the search's bar."""
+    console = Console(record=True, width=200, force_terminal=False)
+    display = ProgressDisplay(console, live=False)
+    display.executor_event(event="worker_ready", payload={"worker": 1, "node": "n1", "seconds": 2.5})
+    display.executor_event(event="worker_lost", payload={"worker": 2, "put_back": 3})
+    workers = [
+        {"worker": 1, "state": "ready", "in_flight": 2, "done": 5, "problems_per_s": 1.25},
+        {"worker": 2, "state": "lost", "in_flight": 0, "done": 1, "problems_per_s": 0.0},
+    ]
+    display.executor_event(event="executor_progress", payload={"workers": workers, "queued": 4, "done": 6})
+    text = console.export_text()
+    assert "worker ready: worker=1" in text and "worker lost: worker=2, put_back=3" in text
+    assert display.workers == "1/2 workers (1.25 problems/s)"

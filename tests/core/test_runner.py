@@ -159,6 +159,18 @@ def test_a_changed_recipe_does_not_mix_into_an_existing_run(recipe):
         make_runner(recipe).search()
 
 
+def test_a_run_resumes_with_other_executor_settings(recipe, tmp_path):
+    """Where a search runs does not change its trees: a run folder accepts a changed `executor` (and records it),
+    and still refuses any other change."""
+    make_runner(recipe).search()
+    recipe["executor"] = {"name": "local"}
+    make_runner(recipe).search()
+    assert "executor" in (tmp_path / "run" / "config.yaml").read_text()
+    recipe["budget"] = {"samples": 5}
+    with pytest.raises(ConfigError, match=r"changed: budget.samples"):
+        make_runner(recipe).search()
+
+
 def test_run_end_reports_failure(recipe):
     recipe["dataset"]["path"] = "/nonexistent.jsonl"
     recorder = Recorder()

@@ -163,6 +163,16 @@ def test_a_second_run_searches_nothing(recipe, registry, pm, monkeypatch):
     assert strip == [{k: v for k, v in r.items() if k != "status"} for r in first.rows]
 
 
+def test_cells_run_on_the_recipes_executor_and_are_reused_when_only_it_changes(recipe, registry, pm):
+    recipe["executor"] = {"name": "local"}
+    _, cells = plan_cells(recipe, registry)
+    assert all(cell.recipe["executor"] == {"name": "local"} for cell in cells)
+    run(recipe, registry, pm)
+    del recipe["executor"]  # where the cells run does not change their trees
+    _, statuses = run(recipe, registry, pm)
+    assert [c[2] for c in statuses] == ["reused"] * 5
+
+
 def test_changing_one_strategy_recomputes_only_its_cells(recipe, registry, pm):
     run(recipe, registry, pm)
     recipe["compare"]["strategies"]["mcts"]["search"]["c"] = 1.0
