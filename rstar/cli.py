@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -409,12 +410,20 @@ def options(target: tuple[str, ...], markdown: bool, nested: bool) -> None:
     out.print(table)
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM (``kill``, a batch scheduler's time limit) ends the command as Ctrl-C does: the finally blocks run,
+    so engines are shut down (a vLLM engine process left behind would go on using the CPU) and what was finished
+    is kept."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``rstar`` command."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="rstar", standalone_mode=False)
-    except click.exceptions.Abort:
-        console.print("aborted")
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns a Ctrl-C (and so a SIGTERM) into Abort
+        console.print("interrupted; re-run the same command to resume")
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -425,9 +434,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         # The message is plain text: brackets in it (an extra's name, a key path) are not markup.
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted; re-run the same command to resume")
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -129,3 +129,45 @@ def test_the_summary_shows_the_prefix_cache_hit_rate_when_an_engine_reports_it()
     console.print(_summary_table([("search", {**row, "components": {"policy": {"prefix_cache_hit_rate": 0.937}}})]))
     text = console.export_text()
     assert "prefix cache" in text and "94%" in text
+
+
+def test_sigterm_ends_a_search_like_ctrl_c_keeping_its_trees(tmp_path, adder_jsonl):
+    """`kill` (or a scheduler's time limit) runs the clean-up a Ctrl-C runs: components closed, finished trees kept,
+    one message; the same command then resumes."""
+    import os
+    import signal
+    import time
+
+    from helpers import RSTAR
+
+    (tmp_path / "slow_world.py").write_text(
+        "import time\nfrom rstar.testing.worlds import adder\n\n"
+        "def slow(prompt, n, seed=None):\n    time.sleep(0.2)\n    return adder(prompt, n, seed)\n"
+    )
+    data = {
+        "output_dir": str(tmp_path / "run"),
+        "max_in_flight": 1,
+        "dataset": {"name": "jsonl", "path": str(adder_jsonl)},
+        "policy": {"name": "scripted", "fn": "slow_world:slow"},
+        "verifier": {"name": "subprocess"},
+        "search": {"name": "best_of_n"},
+        "budget": {"samples": 2},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([RSTAR, "search", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    trees = tmp_path / "run" / "search" / "trees.jsonl"
+    deadline = time.monotonic() + 60
+    while not (trees.exists() and trees.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert b"interrupted; re-run the same command to resume" in out + err and b"Traceback" not in out + err
+    kept = [json.loads(line) for line in trees.read_text().splitlines()]
+    assert 1 <= len(kept) < 6
+    again = subprocess.run([RSTAR, "search", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    ids = [json.loads(line)["id"] for line in trees.read_text().splitlines()]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 6

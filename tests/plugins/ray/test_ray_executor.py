@@ -83,11 +83,23 @@ class Recorder:
         self.snapshot = snapshot
 
 
+class ExecutorEvents:
+    """Hands the executor's events (the ``executor_event`` hook) to ``see(event, payload)``."""
+
+    def __init__(self, see) -> None:
+        self.see = see
+
+    @hookimpl
+    def executor_event(self, event, payload):
+        self.see(event, payload)
+
+
 def make_runner(data: dict, recorder: Recorder | None = None, progress=None) -> Runner:
-    pm = make_plugin_manager([("recorder", recorder)] if recorder is not None else [])
-    if progress is None:
-        return Runner(data, Registry.from_plugin_manager(pm), pm)
-    return Runner(data, Registry.from_plugin_manager(pm), pm, progress=progress)
+    plugins = [("recorder", recorder)] if recorder is not None else []
+    if progress is not None:
+        plugins.append(("executor-events", ExecutorEvents(progress)))
+    pm = make_plugin_manager(plugins)
+    return Runner(data, Registry.from_plugin_manager(pm), pm)
 
 
 def tree_lines(path: Path) -> dict[str, str]:
@@ -223,3 +235,17 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_doubled(reference, problem
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert tree_lines(trees) == reference
+
+
+def test_compare_cells_run_on_the_workers(local_ray, reference, problems_file, tmp_path):
+    """`rstar compare` searches each cell on the compare recipe's executor: the same trees as in process."""
+    from rstar_pipeline.compare import Comparison
+
+    data = recipe(tmp_path / "cmp", problems_file, executor={"name": "ray", "workers": 2})
+    data["compare"] = {"budgets": [4], "strategies": {"mcts": {}}, "bootstrap": 0}
+    pm = make_plugin_manager([])
+    Comparison(data, Registry.from_plugin_manager(pm), pm).run()
+    cell = tmp_path / "cmp" / "cells" / "mcts" / "samples_4" / "search"
+    assert tree_lines(cell / "trees.jsonl") == reference
+    summary = json.loads((cell / "summary.json").read_text())
+    assert summary["components"]["executor"]["workers"] == 2
