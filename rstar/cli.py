@@ -411,10 +411,11 @@ def options(target: tuple[str, ...], markdown: bool, nested: bool) -> None:
 
 
 def _terminated(signum: int, frame: Any) -> None:
-    """SIGTERM (``kill``, a batch scheduler's time limit) ends the command as Ctrl-C does: the finally blocks run,
-    so engines are shut down (a vLLM engine process left behind would go on using the CPU) and what was finished
-    is kept."""
-    raise KeyboardInterrupt
+    """SIGTERM (``kill``, a batch scheduler's time limit) ends the command as Ctrl-C does: it is sent on as SIGINT,
+    to whichever handler is in place (asyncio's cancels the searches; Python's raises KeyboardInterrupt), so the
+    finally blocks run, engines are shut down (a vLLM engine process left behind would go on using the CPU) and
+    what was finished is kept."""
+    signal.raise_signal(signal.SIGINT)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

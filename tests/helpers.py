@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +18,18 @@ RSTAR = shutil.which("rstar", path=str(Path(sys.executable).parent)) or "rstar"
 
 
 def rstar(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the ``rstar`` command of this environment; its output is captured as text."""
-    return subprocess.run([RSTAR, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    """Run the ``rstar`` command of this environment; its output is captured as text. It runs in a session of its
+    own, ended whole on a timeout: an engine process it started (vLLM's) does not outlive the test."""
+    with subprocess.Popen(
+        [RSTAR, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def adder_problems(n: int) -> list[Problem]:
