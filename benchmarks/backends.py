@@ -67,7 +67,11 @@ def start_llama_server() -> tuple[subprocess.Popen[bytes], str]:
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--host", "127.0.0.1"]
     proc = subprocess.Popen(
-        [*cmd, "--port", str(port), "--n_ctx", "4096"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        # interrupt_requests: the server's default (true) aborts the request in progress when another one arrives,
+        # so concurrent samples came back after one token
+        [*cmd, "--port", str(port), "--n_ctx", "4096", "--interrupt_requests", "false"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(240):
