@@ -44,21 +44,6 @@ class PolicyEngineOptions(EngineOptions):
     )
 
 
-def prefix_cache_hit_rate(metrics: Any) -> float | None:
-    """The share of prompt tokens a vLLM-style engine found in its prefix cache, from its metrics (objects with
-    ``name`` and ``value``: ``vllm:prefix_cache_hits`` / ``vllm:prefix_cache_queries``, cumulative token counts);
-    None when the engine reports neither."""
-    values: dict[str, float] = {}
-    for metric in metrics or ():
-        name, value = getattr(metric, "name", None), getattr(metric, "value", None)
-        if isinstance(name, str) and isinstance(value, int | float):
-            values[name] = values.get(name, 0.0) + float(value)
-    queries = values.get("vllm:prefix_cache_queries")
-    if not queries:
-        return None
-    return round(values.get("vllm:prefix_cache_hits", 0.0) / queries, 4)
-
-
 SEED_STRIDE = 1000003
 """Sample ``i`` of a request with seed ``s`` uses ``s * SEED_STRIDE + i`` where samples are seeded one by one."""
 
