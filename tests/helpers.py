@@ -34,3 +34,18 @@ def rstar(*args: str, cwd: Path | None = None, timeout: float = 120) -> subproce
 
 def adder_problems(n: int) -> list[Problem]:
     return [Problem(id=f"p{i}", question=f"What is {i * 7} plus {i + 3}?", answer=str(i * 8 + 3)) for i in range(n)]
+
+
+def adder_recipe(tmp_path: Path, problems: Path, **over: object) -> dict:
+    """A search recipe over the scripted ``adder`` world (best-of-3, the real subprocess verifier), written to
+    ``tmp_path/run``; ``over`` replaces top-level keys."""
+    return {
+        "output_dir": str(tmp_path / "run"),
+        "seed": 1,
+        "dataset": {"name": "jsonl", "path": str(problems)},
+        "policy": {"name": "scripted", "fn": "rstar.testing.worlds:adder"},
+        "verifier": {"name": "subprocess", "timeout_s": 10},
+        "search": {"name": "best_of_n"},
+        "budget": {"samples": 3},
+        **over,
+    }

@@ -8,7 +8,7 @@ import asyncio
 import json
 
 import pytest
-from helpers import adder_problems
+from helpers import adder_problems, adder_recipe
 from rich.console import Console
 
 from rstar import hookimpl
@@ -25,16 +25,7 @@ from rstar.types import Budget
 
 @pytest.fixture
 def recipe(tmp_path, adder_jsonl):
-    return {
-        "output_dir": str(tmp_path / "run"),
-        "seed": 1,
-        "dataset": {"name": "jsonl", "path": str(adder_jsonl)},
-        "policy": {"name": "scripted", "fn": "rstar.testing.worlds:adder"},
-        "verifier": {"name": "subprocess", "timeout_s": 10},
-        "search": {"name": "best_of_n"},
-        "budget": {"samples": 3},
-        "max_in_flight": 2,
-    }
+    return adder_recipe(tmp_path, adder_jsonl, max_in_flight=2)
 
 
 class Recorder:

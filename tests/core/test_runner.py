@@ -7,6 +7,7 @@ import json
 import types
 
 import pytest
+from helpers import adder_recipe
 
 from rstar import hookimpl
 from rstar.errors import ConfigError
@@ -18,16 +19,7 @@ from rstar.runner import ComponentCache, Runner
 
 @pytest.fixture
 def recipe(tmp_path, adder_jsonl):
-    return {
-        "output_dir": str(tmp_path / "run"),
-        "seed": 1,
-        "dataset": {"name": "jsonl", "path": str(adder_jsonl)},
-        "policy": {"name": "scripted", "fn": "rstar.testing.worlds:adder"},
-        "verifier": {"name": "subprocess", "timeout_s": 10},
-        "answer_checker": {"name": "math_verify"},
-        "search": {"name": "best_of_n"},
-        "budget": {"samples": 3},
-    }
+    return adder_recipe(tmp_path, adder_jsonl, answer_checker={"name": "math_verify"})
 
 
 class Recorder:

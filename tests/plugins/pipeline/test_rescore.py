@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fakes import FakeExactChecker, FakeInProcessVerifier
+from helpers import adder_recipe
 from pydantic import Field
 from rstar_pipeline.compare import Comparison
 from rstar_pipeline.rescore import find_targets, rescore_all, rescoring
@@ -92,16 +93,14 @@ def registry(pm):
 
 @pytest.fixture
 def recipe(tmp_path, adder_jsonl):
-    return {
-        "output_dir": str(tmp_path / "run"),
-        "seed": 1,
-        "dataset": {"name": "jsonl", "path": str(adder_jsonl)},
-        "policy": {"name": "scripted", "fn": "rstar.testing.worlds:adder"},
-        "verifier": {"name": "inprocess"},
-        "answer_checker": {"name": "exact"},
-        "search": {"name": "best_of_n", "vote": "majority"},
-        "budget": {"samples": 4, "max_depth": 4},
-    }
+    return adder_recipe(
+        tmp_path,
+        adder_jsonl,
+        verifier={"name": "inprocess"},
+        answer_checker={"name": "exact"},
+        search={"name": "best_of_n", "vote": "majority"},
+        budget={"samples": 4, "max_depth": 4},
+    )
 
 
 def searched(recipe, registry, pm) -> Path:
