@@ -504,3 +504,24 @@ def test_an_exit_code_too_long_to_print_is_an_error_verdict(verifier):
     assert (verdict.status, verdict.error) == ("error", "SystemExit: <exit code could not be printed>"), verdict
     (long_text,) = run(verifier, ["raise SystemExit('x' * 10**6)"])
     assert long_text.status == "error" and len(long_text.error) < 3000, long_text
+
+
+JUNK_EVERY_FD = """
+import os
+for fd in range(3, 256):
+    try:
+        os.fstat(fd)
+        os.write(fd, b"\\x00" * 65536)
+        os.close(fd)
+    except OSError:
+        pass
+print("done")
+"""
+
+
+def test_junk_written_to_every_inherited_descriptor_hurts_only_its_own_job(verifier):
+    """A job that floods and closes every descriptor it holds (its worker's socket to the parent among them, the
+    one the pool passes on by number) breaks only its own channel: it ends as a failure of its own, never as
+    another job's verdict, and the victims around it and after it get their true verdicts."""
+    (verdict,) = attack(verifier, [JUNK_EVERY_FD], timeout_s=5)
+    assert verdict.status != "ok" or verdict.output == "done\n", verdict
