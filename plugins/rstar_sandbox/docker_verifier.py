@@ -26,13 +26,20 @@ import socket
 import tempfile
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rstar.errors import RstarError
 from rstar.options import Options
 from rstar_sandbox.isolation import SANDBOX_SCRATCH, child_env, private_uid
 from rstar_sandbox.pool import DEFAULT_PRELOAD, START_TIMEOUT_S, WORKER_SOURCE_PATH, Worker, WorkerPool, hello
-from rstar_sandbox.subprocess_verifier import SubprocessVerifier
+from rstar_sandbox.states import StateCache
+from rstar_sandbox.subprocess_verifier import (
+    STATE_DESCRIPTION,
+    STATES_DESCRIPTION,
+    StateMode,
+    SubprocessVerifier,
+    check_states,
+)
 
 DEFAULT_IMAGE = "rstar-sandbox:latest"
 LABEL = "rstar.sandbox"
@@ -70,6 +77,14 @@ class DockerOptions(Options):
         "cmath, Fraction) in one process per batch instead of one per program: same verdicts, ~100x faster on "
         "short arithmetic",
     )
+    state: StateMode = Field("replay", description=STATE_DESCRIPTION)
+    states: int = Field(32, ge=1, description=STATES_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _states_fit(self) -> DockerOptions:
+        if self.state == "fork":
+            check_states(self.states, self.max_processes)
+        return self
 
 
 def docker_client() -> Any:
@@ -119,6 +134,7 @@ class DockerVerifier(SubprocessVerifier):
         self.isolation = "container"
         self._worker_source = WORKER_SOURCE_PATH.read_text(encoding="utf-8")
         WorkerPool.__init__(self, opts.max_workers)  # not SubprocessVerifier's: no bubblewrap, no local interpreter
+        self.states = StateCache(opts.states)
 
     def start_worker(self) -> Worker:
         options: DockerOptions = self.options  # type: ignore[assignment]
@@ -147,7 +163,7 @@ class DockerVerifier(SubprocessVerifier):
                 mem_limit=f"{options.container_memory_mb}m",
                 memswap_limit=f"{options.container_memory_mb}m",
                 nano_cpus=int(options.cpus * 1e9),
-                pids_limit=options.max_processes * 2 + 16,
+                pids_limit=options.max_processes * 2 + 16 + (options.states if options.state == "fork" else 0),
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 environment=child_env(),

@@ -29,6 +29,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from rstar.errors import RstarError
 from rstar.types import CodeJob, Verdict, VerdictStatus
@@ -44,24 +45,73 @@ _MEMORY_HINTS = ("memoryerror", "cannot allocate memory", "bad_alloc", "out of m
 """Lower-case phrases on stderr that tell a crash from running out of memory (e.g. OpenBLAS exits with 1)."""
 
 
+@dataclass
+class StateJob:
+    """How a job of ``state: fork`` runs (`rstar_sandbox.states`), and what came back besides its verdict.
+
+    The job given to `run_forked` is then only the new step, with what its whole program has left of the time
+    limit; ``whole`` is the whole program's job (the verdict's texts name its limits), ``prefix`` the output
+    the program's earlier steps printed (the new step's output is capped at what the whole program has left).
+    """
+
+    whole: CodeJob
+    keep: bool = True
+    """Ask the worker to keep the state once the program ran ``ok``."""
+    from_state: int | None = None
+    """The state to fork from (None: run the whole program from scratch)."""
+    skip: int = 0
+    """Where the new lines start in the program (characters); the job gets the whole program."""
+    line_offset: int = 0
+    """The line the new lines start after."""
+    prefix: bytes = b""
+    # what came back
+    lost: bool = False
+    """The state was gone, or the step does not compile on its own (``fallback``): run the whole program from
+    scratch."""
+    fallback: bool = False
+    state_id: int | None = None
+    """The id under which the worker keeps this job's state."""
+    display: int = 0
+    """Bytes at the end of the output that print the value of the program's trailing expression."""
+    statements: int = 0
+    """Top-level statements of the source the job ran."""
+    output: bytes = b""
+    """The whole program's output so far, as bytes (before decoding)."""
+
+
 async def run_forked(
-    worker: Worker, job: CodeJob, *, file_mb: int, open_files: int, processes: int, isolation: str, python: str
+    worker: Worker,
+    job: CodeJob,
+    *,
+    file_mb: int,
+    open_files: int,
+    processes: int,
+    isolation: str,
+    python: str,
+    state: StateJob | None = None,
 ) -> Verdict:
     """Run ``job`` (its limits filled in) in a child that ``worker`` forks for it, and judge how it ended.
 
     ``file_mb``, ``open_files`` and ``processes`` are its rlimits besides memory and CPU time; ``isolation`` is
     the verifier's (``none``: a job directory a dead worker left is removed here); ``python`` names the
-    interpreter in the error raised when the worker cannot start jobs at all.
+    interpreter in the error raised when the worker cannot start jobs at all. ``state``: a job of
+    ``state: fork`` (`StateJob`), filled in with what came back.
     """
     assert job.timeout_s is not None and job.memory_mb is not None and job.max_output_bytes is not None
     cpu_s = _cpu_seconds(job)
-    limits = {
+    limits: dict[str, int | bool] = {
         "memory_mb": job.memory_mb,
         "cpu_s": cpu_s,
         "file_mb": file_mb,
         "open_files": open_files,
         "processes": processes,
     }
+    if state is not None:
+        limits["keep"] = state.keep
+        if state.from_state is not None:
+            limits["from"] = state.from_state
+            limits["line_offset"] = state.line_offset
+            limits["skip"] = state.skip
     pipes = [os.pipe() for _ in range(5)]  # stdin, stdout, stderr, verdict channel, status
     ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0], pipes[4][0]]
     theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1], pipes[4][1]]
@@ -73,7 +123,7 @@ async def run_forked(
         finally:
             for fd in theirs:
                 os.close(fd)
-        return await _supervise(worker, job, fds, start, isolation, python)
+        return await _supervise(worker, job, fds, start, isolation, python, state)
     except OSError:  # the worker died before it got the job
         worker.kill()
         return Verdict("killed", "", "ProcessError: the sandbox worker died", time.monotonic() - start)
@@ -81,18 +131,22 @@ async def run_forked(
         fds.close_all()
 
 
-async def _supervise(worker: Worker, job: CodeJob, fds: _FdSet, start: float, isolation: str, python: str) -> Verdict:
+async def _supervise(
+    worker: Worker, job: CodeJob, fds: _FdSet, start: float, isolation: str, python: str, state: StateJob | None
+) -> Verdict:
     assert job.timeout_s is not None and job.max_output_bytes is not None
     stdin_w, stdout_r, stderr_r, channel_r, status_r = fds.fds
     loop = asyncio.get_running_loop()
-    output = bytearray()
+    whole = state.whole if state is not None else job  # the verdict's texts name the whole program's limits
+    output = bytearray(state.prefix if state is not None else b"")
     overflow = False
     stderr_tail = bytearray()
     exit_code: int | None = None
     exited: asyncio.Future[None] = loop.create_future()
     status_buffer = bytearray()
     workdir = ""
-    limit = job.max_output_bytes
+    limit = whole.max_output_bytes
+    assert limit is not None
 
     def on_stdout(chunk: bytes) -> bool:
         nonlocal overflow
@@ -121,6 +175,10 @@ async def _supervise(worker: Worker, job: CodeJob, fds: _FdSet, start: float, is
                 if isinstance(message, dict) and "pid" in message:
                     worker.job_pid = int(message["pid"])
                     workdir = str(message.get("workdir", ""))
+                if isinstance(message, dict) and state is not None:
+                    state.lost = state.lost or bool(message.get("lost"))
+                    if isinstance(message.get("state"), int):
+                        state.state_id = message["state"]
                 if isinstance(message, dict) and "exit" in message:
                     exit_code = int(message["exit"])
                     _resolve(exited)
@@ -156,15 +214,28 @@ async def _supervise(worker: Worker, job: CodeJob, fds: _FdSet, start: float, is
             remove_tree(workdir)  # the worker died before removing it (in bubblewrap, /tmp dies with it)
 
     text = decode_output(bytes(output), complete=not overflow)
+    if state is not None:
+        state.output = bytes(output)
+        if state.lost:
+            return Verdict("killed", text, "ProcessError: the state to fork from was lost", duration)
     if overflow:
-        return Verdict("output_limit", text, output_limit_error(job), duration)
+        return Verdict("output_limit", text, output_limit_error(whole), duration)
     if timed_out:
-        return Verdict("timeout", text, timeout_error(job), duration)
-    ready, reported = _read_channel(channel_r)
+        return Verdict("timeout", text, timeout_error(whole), duration)
+    ready, reported, extra = _read_channel(channel_r)
     if reported is not None and exit_code == 0:  # a program that forged a verdict and then crashed: killed
         status, error = reported
+        if state is not None:
+            state.display, state.statements = extra.get("display", 0), extra.get("statements", 1)
+            if extra.get("whole_error"):  # the whole program does not compile: nothing ran, nothing was printed
+                text = ""
+            if str(status) == "fallback":
+                state.lost = state.fallback = True
+                return Verdict("killed", text, "ProcessError: the step does not run on its own", duration)
         return Verdict(status, text, error, duration)
-    return _abnormal_end(worker, exit_code, job, text, ready, bytes(stderr_tail), duration, python)
+    if state is not None:
+        state.state_id = None
+    return _abnormal_end(worker, exit_code, whole, text, ready, bytes(stderr_tail), duration, python)
 
 
 def _abnormal_end(
@@ -210,8 +281,9 @@ def _cpu_seconds(job: CodeJob) -> int:
     return math.ceil(job.timeout_s or 0) + 1
 
 
-def _read_channel(fd: int) -> tuple[bool, tuple[VerdictStatus, str] | None]:
-    """What the job reported: whether it got ready, and its verdict (status, error) if it sent one."""
+def _read_channel(fd: int) -> tuple[bool, tuple[VerdictStatus, str] | None, dict[str, int]]:
+    """What the job reported: whether it got ready, its verdict (status, error) if it sent one, and the counts a
+    job of ``state: fork`` reports with it (``display``, ``statements``)."""
     os.set_blocking(fd, False)
     data = bytearray()
     with contextlib.suppress(BlockingIOError):
@@ -226,9 +298,11 @@ def _read_channel(fd: int) -> tuple[bool, tuple[VerdictStatus, str] | None]:
             continue
         if isinstance(message, dict):
             status = message.get("status")
-            if status == "ok" or status == "error" or status == "memory":
-                return ready, (status, clean_text(str(message.get("error", ""))))
-    return ready, None
+            if status in ("ok", "error", "memory", "fallback"):
+                keys = ("display", "statements", "whole_error")
+                extra = {k: v for k in keys if isinstance(v := message.get(k), int) and v >= 0}
+                return ready, (status, clean_text(str(message.get("error", "")))), extra
+    return ready, None, {}
 
 
 def decode_output(data: bytes, complete: bool) -> str:

@@ -117,6 +117,22 @@ class WorkerPool:
         self.counts["workers_started"] += 1
         return worker
 
+    async def acquire_this(self, worker: Worker) -> bool:
+        """Wait until ``worker`` is idle and take it; False once it died or left the pool (``state: fork``: a job
+        must run on the worker that keeps its state)."""
+        while True:
+            with self._lock:
+                if worker not in self._workers:
+                    return False
+                if worker in self._idle:
+                    self._idle.remove(worker)
+                    if worker.alive():
+                        return True
+                    self._workers.discard(worker)
+                    worker.kill()
+                    return False
+            await asyncio.sleep(0.0005)
+
     def discard(self, worker: Worker) -> None:
         """Kill ``worker`` (it died, hung or asked to retire); the next `acquire` starts a new one."""
         with self._lock:
@@ -231,6 +247,11 @@ class Worker:
         """Hand the worker a job to fork: its ``limits`` and, passed with them, its pipes ``fds``."""
         payload = b"." + json.dumps(limits).encode()
         self.control.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+
+    def drop_states(self, ids: list[int]) -> None:
+        """Have the worker kill the states it keeps under these ids (``state: fork``)."""
+        with contextlib.suppress(OSError):
+            self.control.send(b"." + json.dumps({"drop": ids}).encode())
 
     def kill_job(self) -> None:
         """Have the worker kill the running job's whole tree; kill its process group from here too where we can."""

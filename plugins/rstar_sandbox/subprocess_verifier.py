@@ -16,6 +16,10 @@ hundreds of times more than the program, so jobs go to the workers first in batc
 closed programs of a batch (an allow-list check) one after the other in one forked process, and answers
 ``fork`` for every other one. The verdicts are the same either way (a test compares them).
 
+Branching state (option ``state``; ``replay``, the original's way, by default): with ``fork``, a job that ran
+``ok`` stays, stopped, in its worker, and a child step's job forks it and runs only the new lines, with the
+same verdict as the whole program's (`rstar_sandbox.states`).
+
 This module is the component: its options, the choice of isolation (fail closed: never a silent fallback)
 and `SubprocessVerifier.run`, which sends each job inline or forked. The rest is in modules of its own:
 
@@ -25,6 +29,7 @@ and `SubprocessVerifier.run`, which sends each job inline or forked. The rest is
   the memory cgroup, the worker's uid and environment;
 * `rstar_sandbox.forked`: one job in a child of its own, with its deadline, output cap and verdict;
 * `rstar_sandbox.inline`: batches of closed programs, one process per batch;
+* `rstar_sandbox.states`: ``state: fork``, which programs' states the workers keep;
 * `rstar_sandbox.worker`: the worker itself, which runs inside the sandbox.
 
 Limits: a `rstar.types.CodeJob` may set its own ``timeout_s``, ``memory_mb`` and
@@ -41,12 +46,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rstar.errors import RstarError
 from rstar.options import Options
 from rstar.types import CodeJob, Verdict
-from rstar_sandbox.forked import run_forked
+from rstar_sandbox.forked import StateJob, decode_output, run_forked
 from rstar_sandbox.inline import may_inline, run_inline
 from rstar_sandbox.isolation import (
     SANDBOX_SCRATCH,
@@ -61,10 +66,26 @@ from rstar_sandbox.isolation import (
     seccomp_program,
 )
 from rstar_sandbox.pool import DEFAULT_PRELOAD, WORKER_SOURCE_PATH, Worker, WorkerPool
+from rstar_sandbox.states import Kept, StateCache, step_job
 
 log = logging.getLogger(__name__)
 
 Isolation = Literal["bwrap", "none", "auto"]
+StateMode = Literal["replay", "fork"]
+
+STATE_DESCRIPTION = (
+    "'replay' (each step's job runs its code block's whole program from scratch, as the original) or 'fork' (a "
+    "job that ran ok stays, stopped, as the state its children's jobs fork from: only the new step runs; same "
+    "verdicts, see the docs for the exceptions, where it runs from scratch)"
+)
+STATES_DESCRIPTION = "states kept per worker with state 'fork' (least recently used dropped first)"
+
+
+def check_states(states: int, max_processes: int) -> None:
+    """A state counts as a process of its worker's uid: a job's forks need that room (RLIMIT_NPROC); the worker
+    holds one state more than ``states`` for a moment."""
+    if states > max_processes - 9:
+        raise ValueError(f"states ({states}) must be at most max_processes - 9 ({max_processes - 9})")
 
 
 class SubprocessOptions(Options):
@@ -102,6 +123,14 @@ class SubprocessOptions(Options):
         "cmath, Fraction) in one process per batch instead of one per program: same verdicts, ~100x faster on "
         "short arithmetic",
     )
+    state: StateMode = Field("replay", description=STATE_DESCRIPTION)
+    states: int = Field(32, ge=1, description=STATES_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _states_fit(self) -> SubprocessOptions:
+        if self.state == "fork":
+            check_states(self.states, self.max_processes)
+        return self
 
 
 class SubprocessVerifier(WorkerPool):
@@ -124,6 +153,8 @@ class SubprocessVerifier(WorkerPool):
         )
         self._worker_source = WORKER_SOURCE_PATH.read_text(encoding="utf-8")
         super().__init__(self.options.max_workers)
+        self.states = StateCache(self.options.states)
+        """The workers' kept states (``state: fork``), by program."""
 
     def _with_limits(self, job: CodeJob) -> CodeJob:
         """The job with every limit it leaves unset taken from this verifier's options."""
@@ -145,7 +176,8 @@ class SubprocessVerifier(WorkerPool):
         forked = [i for i, verdict in enumerate(verdicts) if verdict is None]
         self.counts["inline"] += len(todo) - len(forked)
         self.counts["forked"] += len(forked)
-        results = await asyncio.gather(*(self._run_one(todo[i]) for i in forked), return_exceptions=True)
+        run_one = self._run_stateful if self.options.state == "fork" else self._run_one
+        results = await asyncio.gather(*(run_one(todo[i]) for i in forked), return_exceptions=True)
         for i, result in zip(forked, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
@@ -157,17 +189,85 @@ class SubprocessVerifier(WorkerPool):
         async with self.semaphore():
             worker = await self.acquire()
             try:
-                return await run_forked(
-                    worker,
-                    job,
-                    file_mb=self.options.max_file_mb,
-                    open_files=self.options.max_open_files,
-                    processes=self.options.max_processes,
-                    isolation=self.isolation,
-                    python=self._python,
-                )
+                return await self._forked(worker, job)
             finally:
                 self.release(worker)
+
+    async def _forked(self, worker: Worker, job: CodeJob, state: StateJob | None = None) -> Verdict:
+        return await run_forked(
+            worker,
+            job,
+            file_mb=self.options.max_file_mb,
+            open_files=self.options.max_open_files,
+            processes=self.options.max_processes,
+            isolation=self.isolation,
+            python=self._python,
+            state=state,
+        )
+
+    async def _run_stateful(self, job: CodeJob) -> Verdict:
+        """``state: fork`` (`rstar_sandbox.states`): fork the state of the longest earlier program this one
+        continues, if a worker keeps one; else run the whole program, and keep its state."""
+        found = self.states.lookup(job.program)
+        if found is not None:
+            try:
+                verdict = await self._run_from_state(job, *found)
+            finally:
+                self.states.unpin(found[1])
+            if verdict is not None:
+                return verdict
+        self.states.counts["from_scratch"] += 1
+        async with self.semaphore():
+            worker = await self.acquire()
+            try:
+                state = StateJob(whole=job, keep="__future__" not in job.program)
+                verdict = await self._forked(worker, job, state)
+                self._keep(worker, job.program, state, verdict, 0.0)
+                return verdict
+            finally:
+                self.release(worker)
+
+    async def _run_from_state(self, job: CodeJob, parent: str, kept: Kept) -> Verdict | None:
+        """The job's new lines in a fork of ``kept``; None when that cannot be done exactly (run from scratch)."""
+        step = step_job(job, parent, kept)
+        if step is None:
+            return None
+        new, skip, line_offset = step
+        async with self.semaphore():
+            if not await self.acquire_this(kept.worker):
+                self.states.forget(parent)
+                return None
+            try:
+                prefix = kept.output[: len(kept.output) - kept.display]
+                state = StateJob(job, from_state=kept.state_id, skip=skip, line_offset=line_offset, prefix=prefix)
+                verdict = await self._forked(kept.worker, new, state)
+                if state.fallback:  # the new lines do not compile on their own; the state stays good
+                    self.states.counts["fallback"] += 1
+                    return None
+                if state.lost:
+                    self.states.counts["lost"] += 1
+                    self.states.forget(parent)
+                    return None
+                self.states.counts["from_state"] += 1
+                if state.statements == 0 and verdict.status == "ok":  # only comments: the parent's value still shows
+                    state.output, state.display = kept.output, kept.display
+                    verdict = Verdict("ok", decode_output(kept.output, complete=True), "", verdict.duration_s)
+                self._keep(kept.worker, job.program, state, verdict, kept.elapsed_s)
+                return verdict
+            finally:
+                self.release(kept.worker)
+
+    def _keep(self, worker: Worker, program: str, state: StateJob, verdict: Verdict, elapsed_s: float) -> None:
+        """Note the state the worker kept for ``program``, and have it drop the ones that no longer fit."""
+        if state.state_id is None:
+            return
+        if verdict.status != "ok":  # the worker keeps only states whose program reported ok; never trust the rest
+            worker.drop_states([state.state_id])
+            return
+        kept = Kept(worker, state.state_id, state.output, state.display, elapsed_s + verdict.duration_s)
+        drop = self.states.add(program, kept)
+        if drop:
+            worker.drop_states(drop)
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -179,6 +279,8 @@ class SubprocessVerifier(WorkerPool):
             "scratch": list(scratch),
             "retire_growth_bytes": self._retire_growth_bytes,
             "inline": self.options.inline,
+            # One more than the cache holds: the verifier drops the least recently used one after a new one is kept.
+            "states": self.options.states + 1 if self.options.state == "fork" else 0,
         }
 
     _retire_growth_bytes = 256 * 1024 * 1024

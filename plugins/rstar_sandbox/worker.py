@@ -39,6 +39,9 @@ available; in a container, CONTROL is the path of a Unix socket to connect to). 
    short arithmetic step itself; and whatever a batch did dies with its child, so no later batch or
    job of the worker can see it.
 
+7. ``state: fork`` (see "kept states" below): a job sent with ``keep`` may stay, stopped, once its program ran
+   ``ok``, as the state a later job forks (``from``) to run only its new lines.
+
 A forked child has its own copy of everything, so nothing a job does (rebinding ``math.sqrt``,
 leaving globals) reaches the next one. When the control socket closes (the parent is gone), the
 worker kills its job and exits. Only the standard library is used; the source stays valid for
@@ -108,10 +111,21 @@ RESULT = "__rstar_result__"
 """Where the value of a program's trailing expression is kept, to be printed after it ran."""
 
 
-def run(source, accept=None, builtins_=builtins):
-    """Execute ``source`` REPL-style; return ``(status, error)``, or None when ``accept(tree)`` refuses it."""
+def run(source, accept=None, builtins_=builtins, kept=None):
+    """Execute ``source`` REPL-style; return ``(status, error)``, or None when ``accept(tree)`` refuses it.
+
+    ``kept`` (``state: fork``, a dict): run in ``kept["namespace"]``, which outlives the program (the state a child
+    step forks), the source's first line being line ``kept["line_offset"] + 1`` of the whole program (line numbers
+    are then those of the whole program). Filled in: ``display``, the byte length of the printed value of a
+    trailing expression (in a child's whole program that expression is no longer the last statement, so its
+    children's output starts before it); ``statements``, the source's top-level statements; ``keepable``, whether
+    the namespace may serve children (not after ``SystemExit``, which ends the whole program). A source that
+    ``kept["from_state"]`` and does not compile on its own (a step continuing its parent's indented block) has
+    status ``fallback``: its whole program must run from scratch.
+    """
+    offset = kept["line_offset"] if kept is not None else 0
     try:
-        tree = ast.parse(source, FILENAME, "exec")
+        tree = ast.parse("\n" * offset + source, FILENAME, "exec")
         if accept is not None and not accept(tree):
             return None
         last = tree.body[-1] if tree.body else None
@@ -122,16 +136,21 @@ def run(source, accept=None, builtins_=builtins):
     except (Deadline, OutputLimit):
         raise
     except MemoryError as exc:
-        return "memory", describe(exc)
+        return ("fallback", "") if kept is not None and kept["from_state"] else ("memory", describe(exc))
     except BaseException as exc:  # SyntaxError, or ValueError for NUL bytes
-        return "error", describe(exc)
+        return ("fallback", "") if kept is not None and kept["from_state"] else ("error", describe(exc))
 
-    namespace = {"__name__": "__main__", "__builtins__": builtins_}
+    if kept is not None:
+        kept.update(display=0, statements=len(tree.body), keepable=False)
+    namespace = {"__name__": "__main__", "__builtins__": builtins_} if kept is None else kept["namespace"]
     try:
         exec(body, namespace)
-        value = namespace.get(RESULT) if isinstance(last, ast.Expr) else None
+        value = namespace.pop(RESULT, None) if isinstance(last, ast.Expr) else None
         if value is not None:
-            print(str(value))
+            text = str(value)
+            print(text)
+            if kept is not None:
+                kept["display"] = len((text + "\n").encode("utf-8", "surrogateescape"))
     except (Deadline, OutputLimit):
         raise
     except SystemExit as exc:
@@ -147,7 +166,10 @@ def run(source, accept=None, builtins_=builtins):
     except BaseException as exc:
         return "error", describe(exc)
     finally:
-        namespace.clear()  # frees the program's data before the verdict is written
+        if kept is None:
+            namespace.clear()  # frees the program's data before the verdict is written
+    if kept is not None:
+        kept["keepable"] = True
     return "ok", ""
 
 
@@ -615,8 +637,8 @@ def set_limits(limits, uid):
         resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
 
 
-def child_main(config, limits, fds, workdir, closing):
-    """The forked job process; never returns."""
+def child_main(config, limits, fds, workdir, closing, cmd=None):
+    """The forked job process; never returns. ``cmd``: the command socket of a job whose state may be kept."""
     stdin_fd, stdout_fd, stderr_fd, channel, status_fd = fds
     try:
         os.setsid()
@@ -656,24 +678,299 @@ def child_main(config, limits, fds, workdir, closing):
         pid = os.getpid()
         send(channel, b"ready\n")
     except BaseException as exc:
-        with contextlib.suppress(BaseException):
-            os.write(2, ("sandbox worker: cannot start the job: " + describe(exc) + "\n").encode())
-        os._exit(70)
+        cannot_start(exc)
 
-    status, error = run(source)
+    if cmd is None:
+        status, error = run(source)
+        report(pid, channel, status, error)
+    kept = {"namespace": {"__name__": "__main__", "__builtins__": builtins}, "line_offset": 0, "from_state": False}
+    status, error = run(source, kept=kept)
+    report(pid, channel, status, error, kept)
+    become_state(cmd, channel, workdir, kept["namespace"], config)
 
+
+def cannot_start(exc):
+    """A job's set-up failed (before it said ``ready``): say why on its stderr and exit 70."""
+    with contextlib.suppress(BaseException):
+        os.write(2, ("sandbox worker: cannot start the job: " + describe(exc) + "\n").encode())
+    os._exit(70)
+
+
+def report(pid, channel, status, error, kept=None):
+    """Send the verdict on the channel, then exit, unless the verdict is ok and ``kept`` (`run`) says keepable."""
     if os.getpid() != pid:  # a child the program forked: only the original process reports
         os._exit(0)
     with contextlib.suppress(BaseException):
         sys.stdout.flush()
     try:
-        verdict = json.dumps({"status": status, "error": error}).encode("utf-8")
+        keys = ("display", "statements", "whole_error")
+        counts = {key: kept[key] for key in keys if key in kept} if kept is not None else {}
+        verdict = json.dumps({"status": status, "error": error, **counts}).encode("utf-8")
     except BaseException:
         verdict = b'{"status": "memory", "error": "MemoryError"}' if status == "memory" else b'{"status": "error"}'
     try:
         send(channel, verdict + b"\n")
-    finally:
+    except BaseException:
         os._exit(0)
+    if not (kept is not None and kept.get("keepable") and status == "ok"):
+        os._exit(0)
+
+
+# --- kept states (``state: fork``) ---------------------------------------------------------------------
+#
+# A job sent with a command socket may keep its state: once its program ran ``ok``, it reports its verdict,
+# gives up its output pipes and working directory, says ``state`` on that socket and stops itself (SIGSTOP).
+# The worker keeps it (`keep_state`) only if it is alone (no other process of the job), single-threaded, left
+# no file behind, and the worker holds fewer than its ``states`` cap. A later job of a program that starts with
+# that one goes to the state (`start_from_state`): the worker hands it the job's pipes, continues it, and the
+# state forks twice (the job is then an orphan, which the worker, a subreaper, adopts as its own child) and
+# stops again. The job runs only the new step, in the state's namespace.
+#
+# A stopped state runs no code. Before it is used, and whenever a job ended, the worker checks that it is
+# still stopped, still single-threaded, has no pending signal and has not run since it stopped (its context
+# switches and run time); a state that fails (a job signalled it, say) is killed, and its children's programs
+# run from scratch. A state thus never runs while another job does.
+
+STATES = {}
+"""The kept states: id -> `State`."""
+
+
+class State:
+    def __init__(self, pid, cmd):
+        self.pid = pid
+        self.cmd = cmd  # the worker's end of its command socket
+        self.seen = None  # its `fingerprint` when it last stopped
+
+
+def fingerprint(pid):
+    """What changes when a process runs or is signalled: its /proc status lines and run time; None if gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    keep = (b"State:", b"Threads:", b"SigPnd:", b"ShdPnd:", b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")
+    found = tuple(line for line in lines if line.startswith(keep))
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/schedstat", "rb") as f:
+        found += (f.read().split()[0],)
+    try:  # a process's /proc files are its uid's only while it is dumpable (then its memory is open to its uid)
+        found += (b"Owner: %d" % os.stat(f"/proc/{pid}/mem").st_uid,)
+    except OSError:
+        return None
+    return found
+
+
+def idle(found):
+    """A fingerprint of a stopped, single-threaded process with no pending signal."""
+    if found is None:
+        return False
+    fields = dict(line.split(None, 1) for line in found if b":" in line and len(line.split(None, 1)) == 2)
+    pending = int(fields.get(b"SigPnd:", b"1"), 16) | int(fields.get(b"ShdPnd:", b"1"), 16)
+    stopped = fields.get(b"State:", b"").startswith(b"T") and fields.get(b"Threads:") == b"1" and pending == 0
+    # Dumpable (it may have made itself so), its memory would be open to every job of the worker; root is open anyway.
+    return stopped and (os.getuid() == 0 or fields.get(b"Owner:") != str(os.getuid()).encode())
+
+
+def wait_stopped(pid, seconds=2.0):
+    """Wait until ``pid`` is stopped; its fingerprint then, or None when it did not stop in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = fingerprint(pid)
+        if found is None:
+            return None
+        if idle(found):
+            return found
+        time.sleep(0.0002)
+    return None
+
+
+def drop_state(state_id):
+    state = STATES.pop(state_id, None)
+    if state is not None:
+        with contextlib.suppress(OSError):
+            os.kill(state.pid, signal.SIGKILL)
+        state.cmd.close()
+
+
+def audit_states():
+    """Kill every state that ran, or was signalled, since it stopped."""
+    for state_id, state in list(STATES.items()):
+        if fingerprint(state.pid) != state.seen:
+            drop_state(state_id)
+
+
+def state_pids():
+    return {state.pid for state in STATES.values()}
+
+
+def become_state(cmd_fd, channel, workdir, namespace, config):
+    """After a kept job's ``ok`` verdict: wait, stopped, to fork the job of each child step; never returns."""
+    try:
+        if os.path.realpath(os.getcwd()) != os.path.realpath(workdir):
+            os._exit(0)  # the program changed directory: its children would not start where replay starts them
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        os.close(channel)
+        os.chdir("/")
+        cmd = socket.socket(fileno=cmd_fd)
+        send_message(cmd, b'{"state": true}')
+    except BaseException:
+        os._exit(0)
+    while True:
+        os.kill(os.getpid(), signal.SIGSTOP)
+        try:
+            data, fds = receive_message(cmd)
+        except BaseException:
+            os._exit(0)
+        if data is None or len(fds) != JOB_FDS:
+            os._exit(0)
+        generator = random.getstate()  # os.fork reseeds `random` in the child (its at-fork hook); the job continues it
+        first = os.fork()
+        if first == 0:
+            middle = os.getpid()
+            second = os.fork()
+            if second == 0:
+                random.setstate(generator)
+                step_main(config, json.loads(data), fds, cmd, namespace, workdir, middle)
+            with contextlib.suppress(BaseException):
+                send_message(cmd, json.dumps({"pid": second}).encode())
+            os._exit(0)
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(first, 0)
+
+
+def step_main(config, request, fds, state_cmd, namespace, state_workdir, first):
+    """A job forked from a state: only the new step runs, in the state's namespace; never returns."""
+    stdin_fd, stdout_fd, stderr_fd, channel, cmd = fds
+    try:
+        deadline = time.monotonic() + 2.0
+        while os.getppid() == first and time.monotonic() < deadline:  # until the worker adopted it
+            time.sleep(0.0002)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != request["worker"]:
+            os._exit(70)
+        os.setsid()
+        state_cmd.close()
+        for fd, target in ((stdin_fd, 0), (stdout_fd, 1), (stderr_fd, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+        workdir = request["workdir"]
+        os.chdir(workdir)
+        for key in ("HOME", "TMPDIR", "PWD"):
+            if os.environ.get(key) == state_workdir:
+                os.environ[key] = workdir
+        if tempfile.tempdir == state_workdir:
+            tempfile.tempdir = None
+        with io.FileIO(0, "r", closefd=False) as raw:
+            source = raw.read().decode("utf-8", "replace")
+        lower_limits(request, os.getuid())
+        pid = os.getpid()
+        send(channel, b"ready\n")
+    except BaseException as exc:
+        cannot_start(exc)
+    kept = {"namespace": namespace, "line_offset": request["line_offset"], "from_state": True}
+    status, error = run(source[request["skip"] :], kept=kept)
+    if status == "fallback":  # the new lines alone do not compile: the whole program's syntax error, if it has one
+        try:
+            compile(source, FILENAME, "exec", ast.PyCF_ONLY_AST)
+        except (SyntaxError, ValueError) as exc:
+            status, error, kept["whole_error"] = "error", describe(exc), 1
+        except BaseException:
+            pass
+    report(pid, channel, status, error, kept)
+    become_state(cmd, channel, workdir, namespace, config)
+
+
+def lower_limits(request, uid):
+    """A job forked from a state gets what its whole program would have left: CPU time, and processes counted now.
+    Limits can only be lowered; one that cannot be is left as the state had it."""
+    wanted = {resource.RLIMIT_CPU: request["cpu_s"], resource.RLIMIT_NPROC: request["processes"] + processes_of(uid)}
+    for kind, value in wanted.items():
+        if value > 0:
+            with contextlib.suppress(ValueError, OSError):
+                _, hard = resource.getrlimit(kind)
+                if hard == resource.RLIM_INFINITY or value < hard:
+                    resource.setrlimit(kind, (value, value + 1 if kind == resource.RLIMIT_CPU else value))
+
+
+def start_from_state(message, fds, workdir, cmd_end):
+    """Hand a job to the state it forks from; the job's pid, or None when the state is gone or misbehaved (the
+    state is then killed, and the job's program runs from scratch)."""
+    state_id = message["from"]
+    state = STATES.get(state_id)
+    if state is None or fingerprint(state.pid) != state.seen or not idle(state.seen):
+        drop_state(state_id)
+        return None
+    request = {
+        "workdir": workdir,
+        "line_offset": message["line_offset"],
+        "skip": message["skip"],
+        "cpu_s": message["cpu_s"],
+        "processes": message["processes"],
+        "worker": os.getpid(),
+    }
+    try:
+        send_message(state.cmd, json.dumps(request).encode(), [*fds[:4], cmd_end])
+        os.kill(state.pid, signal.SIGCONT)
+        readable, _, _ = select.select([state.cmd], [], [], 2.0)
+        data, extra = receive_message(state.cmd) if readable else (None, [])
+        for fd in extra:
+            os.close(fd)
+        pid = int(json.loads(data)["pid"])
+        state.seen = wait_stopped(state.pid)
+        if state.seen is None or pid in state_pids() or pid in LIVING_RUNNERS:
+            raise ValueError("the state misbehaved")
+        deadline = time.monotonic() + 2.0
+        while parent_of(pid) != os.getpid():  # adopted once the intermediate process exited
+            if time.monotonic() > deadline:
+                raise ValueError("the job was not adopted")
+            reap_all()
+            time.sleep(0.0002)
+        return pid
+    except BaseException:
+        drop_state(state_id)
+        return None
+
+
+def parent_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def keep_state(job, scratch, cap):
+    """A kept job said ``state``: keep it if it is alone, idle, left no file and there is room; else end it."""
+    found = wait_stopped(job.pid)
+    others = [pid for pid in descendants() if pid != job.pid and pid not in LIVING_RUNNERS and pid not in state_pids()]
+    files = os.listdir(job.workdir) if os.path.isdir(job.workdir) else ["?"]
+    left = [path for place in scratch for path in owned_by(place, os.getuid()) if path != job.workdir]
+    if found is None or others or files or left or len(STATES) >= cap:
+        job.code = 0  # its program finished and reported its verdict; only its state is not kept
+        job.cmd.close()
+        finish(job, scratch)
+        return
+    state_id = next_state_id()
+    state = State(job.pid, job.cmd)
+    state.seen = found
+    STATES[state_id] = state
+    remove_tree(job.workdir)
+    with contextlib.suppress(OSError):
+        send(job.status_fd, json.dumps({"exit": 0, "state": state_id}).encode() + b"\n")
+    os.close(job.status_fd)
+    audit_states()
+
+
+_state_ids = iter(range(1, 2**62))
+
+
+def next_state_id():
+    return next(_state_ids)
 
 
 def descendants():
@@ -711,6 +1008,9 @@ def reap_all():
             return ended
         ended[pid] = exit_code(status)
         LIVING_RUNNERS.discard(pid)
+        for state_id, state in list(STATES.items()):
+            if state.pid == pid:
+                drop_state(state_id)
 
 
 def has_children():
@@ -722,15 +1022,16 @@ def has_children():
 
 
 def kill_everything(job_pid):
-    """SIGKILL the job's process group and every descendant but the inline runner waiting for its batch, until
-    none is left."""
+    """SIGKILL the job's process group and every descendant but the inline runner waiting for its batch and the kept
+    states, until none is left."""
     with contextlib.suppress(OSError):
         os.killpg(job_pid, signal.SIGKILL)
     for _ in range(200):
         reap_all()
         if not has_children():  # as a subreaper, anything left below would have a live or unreaped child here
             return
-        pids = [pid for pid in descendants() if pid not in LIVING_RUNNERS]
+        kept = state_pids()
+        pids = [pid for pid in descendants() if pid not in LIVING_RUNNERS and pid not in kept]
         if not pids:
             return
         for pid in pids:
@@ -821,14 +1122,17 @@ def owned_by(place, uid):
 
 
 class Job:
-    def __init__(self, pid, status_fd, workdir):
+    def __init__(self, pid, status_fd, workdir, cmd=None):
         self.pid = pid
         self.status_fd = status_fd
         self.workdir = workdir
         self.code = None
+        self.cmd = cmd  # the worker's end of the command socket of a job whose state may be kept
 
 
 def finish(job, scratch):
+    if job.cmd is not None:
+        job.cmd.close()
     kill_everything(job.pid)
     remove_tree(job.workdir)
     clean = wipe_scratch(scratch, os.getuid())
@@ -837,6 +1141,7 @@ def finish(job, scratch):
     os.close(job.status_fd)
     if not clean:  # what the job left could not be removed: no later job may see it
         os._exit(0)
+    audit_states()
 
 
 def give_up_privileges(uid):
@@ -882,8 +1187,10 @@ def main():
     send_message(control, json.dumps({"ready": True, "pid": os.getpid(), "uid": os.getuid()}).encode())
 
     job = None
+    cap = config.get("states", 0)
     while True:
-        readable, _, _ = select.select([control, wake_r], [], [])
+        watched = [control, wake_r] if job is None or job.cmd is None else [control, wake_r, job.cmd]
+        readable, _, _ = select.select(watched, [], [])
         if wake_r in readable:
             with contextlib.suppress(OSError):
                 while os.read(wake_r, 4096):
@@ -894,6 +1201,14 @@ def main():
                 job.code = ended[job.pid]
                 finish(job, scratch)
                 job = None
+            elif job.cmd is not None and job.cmd in readable:
+                with contextlib.suppress(OSError):
+                    said, extra = receive_message(job.cmd)
+                    for fd in extra:
+                        os.close(fd)
+                    if said == b'{"state": true}':
+                        keep_state(job, scratch, cap)
+                        job = None
         else:
             reap_all()
         if control not in readable:
@@ -917,17 +1232,43 @@ def main():
                 finish(job, scratch)
                 job = None
             continue
+        if "drop" in message:
+            for state_id in message["drop"]:
+                drop_state(state_id)
+            continue
         if job is not None or len(fds) != JOB_FDS:  # the parent never does this; refuse rather than guess
             for fd in fds:
                 os.close(fd)
             continue
         workdir = tempfile.mkdtemp(prefix="rstar-sandbox-")
-        pid = os.fork()
-        if pid == 0:
-            child_main(config, message, list(fds), workdir, [control.fileno(), wake_r, wake_w])
+        ours = theirs = None
+        if (message.get("keep") or "from" in message) and cap:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if "from" in message:
+            pid = start_from_state(message, fds, workdir, theirs.fileno()) if theirs is not None else None
+            if pid is None:
+                for fd in fds[:4]:
+                    os.close(fd)
+                for end in (ours, theirs):
+                    if end is not None:
+                        end.close()
+                remove_tree(workdir)
+                with contextlib.suppress(OSError):
+                    send(fds[4], b'{"lost": true}\n{"exit": 0}\n')
+                os.close(fds[4])
+                continue
+        else:
+            pid = os.fork()
+            if pid == 0:
+                closing = [control.fileno(), wake_r, wake_w, *(c.cmd.fileno() for c in STATES.values())]
+                if ours is not None:
+                    closing.append(ours.fileno())
+                child_main(config, message, list(fds), workdir, closing, theirs.fileno() if theirs else None)
+        if theirs is not None:
+            theirs.close()
         for fd in fds[:4]:
             os.close(fd)
-        job = Job(pid, fds[4], workdir)
+        job = Job(pid, fds[4], workdir, ours)
         with contextlib.suppress(OSError):
             send(job.status_fd, json.dumps({"pid": pid, "workdir": workdir}).encode() + b"\n")
 
