@@ -93,7 +93,11 @@ class RewardModel(Protocol):
     cut). A model that tokenizes its texts anyway counts them for free, so the engine calls it instead of
     ``score`` when it exists, and counts the tokens in `rstar.types.Usage.reward_tokens`; a model
     without it is counted as reading 0 tokens. The count is per item because one batch holds the
-    requests of several problems."""
+    requests of several problems.
+
+    Optional: ``tokens_computed: int``, the tokens the model ran through its network since it was made (those
+    read, less those its caches served: a node's path scored before its children, say); the engine reports it
+    next to the tokens read (`rstar.engine.EngineSnapshot.reward_tokens_computed`)."""
 
     async def score(self, items: Sequence[RewardRequest]) -> list[float]: ...
 

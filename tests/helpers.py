@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,15 +19,21 @@ RSTAR = shutil.which("rstar", path=str(Path(sys.executable).parent)) or "rstar"
 
 
 def rstar(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the ``rstar`` command of this environment; its output is captured as text. It runs in a session of its
-    own, ended whole on a timeout: an engine process it started (vLLM's) does not outlive the test."""
+    """Run the ``rstar`` command of this environment (`in_session`)."""
+    return in_session(RSTAR, *args, cwd=cwd, timeout=timeout)
+
+
+def in_session(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command; its output is captured as text. It runs in a session of its own, ended whole on a timeout or
+    when the test is stopped (pytest-timeout): an engine process it started (vLLM's) does not outlive the test."""
     with subprocess.Popen(
-        [RSTAR, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -17,8 +17,11 @@ is the names in ``__all__``. :data:`MIN_SHARED_PREFIX` is the one shared-prefix 
 
 (The figures: ``benchmarks/hf_engine.py``, 2026-12-05, SmolLM2-135M on a shared 2-core CPU at a load
 average of 3.2-3.7, float32, 16 rows of a ~680-token few-shot prompt; see :mod:`rstar_hf._engine`.)
-* :func:`fill`, :func:`merge` / :func:`trim_left` put a prefix into a batch's cache, join caches along
-  the batch and drop padding columns.
+* :class:`PathCache` keeps the keys and values of every text a reward model scored, each distinct token
+  prefix once (a radix tree), so a tree search's child is scored by running only its new step on top of its
+  parent's stored path; bounded in tokens, least recently used leaves dropped first.
+* :func:`fill`, :func:`fill_right_aligned`, :func:`merge` / :func:`trim_left` put a prefix (or one per row) into
+  a batch's cache, join caches along the batch and drop padding columns; :func:`row_kv` reads one row back.
 
 Everything here needs a cache whose layers are plain ``DynamicLayer`` objects (full attention, no
 sliding window, no KV sharing); :func:`supports_layers` says whether a cache qualifies, and callers
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -161,6 +164,32 @@ def fill(cache: Any, kv: KV, batch: int) -> None:
         cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
 
 
+def fill_right_aligned(cache: Any, kvs: Sequence[KV | None], lengths: Sequence[int]) -> int:
+    """Put one prefix per row into an empty ``cache``: row ``r`` gets the first ``lengths[r]`` positions of
+    ``kvs[r]`` (batch of one; None when 0) in the LAST ``lengths[r]`` columns, so every row's own tokens
+    continue at the same column. The columns before are zeros, for the caller's attention mask to hide.
+    Returns the number of columns (the longest prefix); nothing is put when it is 0."""
+    width = max(lengths, default=0)
+    some = next((kv for kv, n in zip(kvs, lengths, strict=True) if kv is not None and n), None)
+    if some is None or width == 0:
+        return 0
+    for i, (k0, v0) in enumerate(some):
+        keys = k0.new_zeros((len(kvs), k0.shape[1], width, k0.shape[3]))
+        values = v0.new_zeros((len(kvs), v0.shape[1], width, v0.shape[3]))
+        for r, (kv, n) in enumerate(zip(kvs, lengths, strict=True)):
+            if kv is not None and n:
+                keys[r, :, width - n :] = kv[i][0][0, :, :n]
+                values[r, :, width - n :] = kv[i][1][0, :, :n]
+        cache.update(keys, values, i)
+    return width
+
+
+def row_kv(cache: Any, row: int, start: int, stop: int) -> KV:
+    """Positions ``start:stop`` of batch row ``row`` of ``cache``, as a batch of one (views, no copy)."""
+    rows = slice(row, row + 1)
+    return [(layer.keys[rows, :, start:stop], layer.values[rows, :, start:stop]) for layer in cache.layers]
+
+
 def merge(caches: Sequence[Any]) -> Any:
     """The first cache, holding the rows of all ``caches`` (same length) in order."""
     first = caches[0]
@@ -245,18 +274,144 @@ class PrefixCache:
         return sum(k.nbytes + v.nbytes for kv in self._entries.values() for k, v in kv)
 
 
+class _Segment:
+    """A node of a `PathCache`: tokens that follow its parent's, their keys and values, and its children
+    (keyed by their first token)."""
+
+    __slots__ = ("children", "kv", "parent", "tokens", "used")
+
+    def __init__(self, tokens: tuple[int, ...], kv: KV, parent: _Segment | None, used: int) -> None:
+        self.tokens = tokens
+        self.kv = kv
+        self.parent = parent
+        self.children: dict[int, _Segment] = {}
+        self.used = used
+
+
+class PathCache:
+    """Keys and values (batch of one) of the texts a model read, each distinct token prefix stored once.
+
+    A radix tree of token segments: a tree search's texts are paths through the search tree, and every
+    scored child extends its parent's text, so the tree stores each search node's new tokens once however
+    many descendants share them (a flat cache would store the few-shot prompt and the steps so far again
+    with every entry). :meth:`lookup` gives the longest stored prefix of a token sequence (its positions
+    concatenated), :meth:`put` stores the positions of a sequence it lacks (copies, so a batch's cache is
+    not kept alive). It holds at most ``max_tokens`` positions: beyond that, the least recently used leaf
+    segments go first (a segment with children never goes before them). Memory: ``max_tokens`` times the
+    model's bytes per position, 2 x layers x key-value heads x head size x dtype size.
+
+    Keys and values depend only on the tokens before and at a position, so a stored prefix is exact for any
+    text that starts with the same token ids, however that text was written.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.tokens = 0
+        self._root = _Segment((), [], None, 0)
+        self._clock = 0
+
+    def __len__(self) -> int:
+        """The number of stored segments."""
+        return sum(1 for _ in self._segments())
+
+    def clear(self) -> None:
+        self._root.children.clear()
+        self.tokens = 0
+
+    def lookup(self, tokens: Sequence[int]) -> tuple[int, KV | None]:
+        """How many leading ``tokens`` are stored, and their keys and values (None when none are)."""
+        path, known = self._walk(tokens)
+        if not known:
+            return 0, None
+        self._touch(path[-1][0])
+        pieces = [[(k[:, :, :n], v[:, :, :n]) for k, v in seg.kv] for seg, n in path]
+        if len(pieces) == 1:
+            return known, pieces[0]
+        layers = zip(*pieces, strict=True)
+        return known, [(torch.cat([k for k, _ in kv], dim=2), torch.cat([v for _, v in kv], dim=2)) for kv in layers]
+
+    def put(self, tokens: Sequence[int], kv: KV) -> None:
+        """Store ``tokens`` whose keys and values (batch of one, at least ``len(tokens)`` positions) are ``kv``;
+        a sequence longer than ``max_tokens`` is not stored."""
+        if len(tokens) > self.max_tokens:
+            return
+        path, known = self._walk(tokens)
+        parent = self._root
+        if path:
+            seg, n = path[-1]
+            parent = seg if n == len(seg.tokens) else self._split(seg, n)
+        if known < len(tokens):
+            new = tuple(tokens[known:])
+            part = [(k[:, :, known : len(tokens)].clone(), v[:, :, known : len(tokens)].clone()) for k, v in kv]
+            parent.children[new[0]] = _Segment(new, part, parent, 0)
+            parent = parent.children[new[0]]
+            self.tokens += len(new)
+        self._touch(parent)
+        self._evict()
+
+    def _walk(self, tokens: Sequence[int]) -> tuple[list[tuple[_Segment, int]], int]:
+        """The segments ``tokens`` runs through, with how many tokens of each it matches, and the total."""
+        tokens = tuple(tokens)  # common_prefix_length compares slices: a list never equals a tuple
+        path: list[tuple[_Segment, int]] = []
+        seg, known = self._root, 0
+        while known < len(tokens) and (child := seg.children.get(tokens[known])) is not None:
+            n = common_prefix_length(child.tokens, tokens[known : known + len(child.tokens)])
+            path.append((child, n))
+            known += n
+            if n < len(child.tokens):
+                break
+            seg = child
+        return path, known
+
+    def _split(self, seg: _Segment, n: int) -> _Segment:
+        """Cut ``seg`` after its first ``n`` tokens; the head takes its place and is returned."""
+        assert seg.parent is not None and 0 < n < len(seg.tokens)
+        head_kv = [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in seg.kv]
+        head = _Segment(seg.tokens[:n], head_kv, seg.parent, seg.used)
+        seg.parent.children[seg.tokens[0]] = head
+        seg.tokens, seg.parent = seg.tokens[n:], head
+        seg.kv = [(k[:, :, n:].clone(), v[:, :, n:].clone()) for k, v in seg.kv]
+        head.children[seg.tokens[0]] = seg
+        return head
+
+    def _touch(self, seg: _Segment) -> None:
+        """Mark ``seg`` and its ancestors as just used."""
+        self._clock += 1
+        node: _Segment | None = seg
+        while node is not None:
+            node.used = self._clock
+            node = node.parent
+
+    def _evict(self) -> None:
+        while self.tokens > self.max_tokens:
+            leaf = min((s for s in self._segments() if not s.children), key=lambda s: s.used)
+            assert leaf.parent is not None
+            del leaf.parent.children[leaf.tokens[0]]
+            self.tokens -= len(leaf.tokens)
+
+    def _segments(self) -> Iterator[_Segment]:
+        stack = list(self._root.children.values())
+        while stack:
+            seg = stack.pop()
+            yield seg
+            stack.extend(seg.children.values())
+
+
 __all__ = [
     "KV",
     "MIN_SHARED_PREFIX",
     "GrowableLayer",
+    "PathCache",
     "PrefixCache",
     "cache_keyword",
     "common_prefix_length",
     "fill",
+    "fill_right_aligned",
     "layer_kv",
     "make_growable",
     "merge",
     "new_cache",
+    "row_kv",
     "shared_length",
     "supports_layers",
     "trim_left",

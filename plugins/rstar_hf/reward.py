@@ -13,9 +13,23 @@ candidate step's terminator.
 * Shared prefixes: the tokens all texts of a batch start with (the few-shot prompt, the question,
   the steps so far: at least :data:`rstar_hf.kv.MIN_SHARED_PREFIX`) are run once, with a batch of one, and the
   rows continue from their keys and values; the last few prefixes are kept across calls
-  (`rstar_hf.kv.PrefixCache`), so the few-shot part of a search's prompts is computed once per run.
+  (`rstar_hf.kv.PrefixCache`, or the path cache below), so the few-shot part of a search's prompts is
+  computed once per run.
   A row's score is the same as without sharing, up to floating-point rounding (``share_prefix: false``
-  turns it off).
+  turns it off, path caching included).
+* Path caching: the keys and values of every scored text are kept (`rstar_hf.kv.PathCache`, at most
+  ``path_cache_tokens`` positions, each distinct token prefix once), and a text continues from the longest
+  stored prefix of its tokens. A tree search scores a node's children after the node itself, each child
+  being its parent's text plus one step, so a child costs about its new step's tokens. Texts are scored
+  shortest first, so a parent scored in the same call as its children, in an earlier batch, is stored
+  before them. A batch's shared prefix runs in a pass of its own only when that spares its rows at least
+  :data:`rstar_hf.kv.MIN_SHARED_PREFIX` tokens beyond what the cache holds. Rows of one
+  batch may continue from prefixes of different lengths: the prefixes are right-aligned in the batch's
+  cache, the columns before a shorter one masked, and each row's positions given explicitly. Only exact
+  token-prefix matches are used, so a child whose tokenization does not extend its parent's (the tokens at
+  the boundary merged) reuses the part that does match and computes the rest.
+* ``tokens_computed`` counts the tokens run through the model since it was built (padding not counted);
+  the tokens read (``score_with_tokens``) minus those served from a cache or shared within a batch.
 * Long texts keep their END (left truncation, after a leading BOS): the step being judged is never
   cut, unlike the original, which dropped the newest step (ALGORITHM.md section 10, bug 9).
 * The raw score goes through a `rstar.reward.ScoreTransform`: the checkpoint's own (``config.json``
@@ -49,7 +63,7 @@ from rstar_hf._loading import describe, prepare
 if TYPE_CHECKING:
     import torch
 
-    from rstar_hf.kv import KV, PrefixCache
+    from rstar_hf.kv import KV, PathCache, PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +111,14 @@ class HFRewardOptions(Options):
         description="run the leading tokens a batch's texts share once, and keep recent prefixes' keys and "
         "values across calls (the few-shot part of a search's prompts); scores are unchanged up to rounding",
     )
+    path_cache_tokens: int = Field(
+        16384,
+        ge=0,
+        description="with share_prefix: keep the keys and values of scored texts, up to this many token "
+        "positions (each shared prefix once; least recently used dropped first), so a child step is scored by "
+        "running only its own tokens on top of its parent's; memory: this times 2 x layers x kv heads x head "
+        "size x dtype bytes (0.9 GiB for a 7B Qwen2.5 in bfloat16); 0 turns it off",
+    )
     head_seed: int = Field(
         0, description="seed of the head drawn for a checkpoint without a trained head (scores are then noise)"
     )
@@ -108,7 +130,8 @@ class HFRewardModel:
 
     ``score`` runs in a worker thread, one call at a time; ``score_sync`` is its blocking form.
     ``transform`` is the `ScoreTransform` applied to raw scores (`raw_scores`); ``head_trained`` says
-    whether the checkpoint had a head; ``close()`` releases the model.
+    whether the checkpoint had a head; ``tokens_computed`` counts the tokens run through the model so far
+    (the tokens read minus those a cache or a shared prefix served); ``close()`` releases the model.
     """
 
     Options = HFRewardOptions
@@ -151,10 +174,14 @@ class HFRewardModel:
         self.transform = choose_transform(options.transform, options.scale, stored)
         self._lock = threading.Lock()
         self._closed = False
+        self.tokens_computed = 0
         from rstar_hf import kv as _kv  # imports torch
 
-        self.prefix_cache: PrefixCache = _kv.PrefixCache()
         self.share_prefix = options.share_prefix and _kv.supports_layers(_kv.new_cache(self.model.config))
+        self.path_caching = self.share_prefix and options.path_cache_tokens > 0
+        self.prefix_cache: PrefixCache | PathCache = (
+            _kv.PathCache(options.path_cache_tokens) if self.path_caching else _kv.PrefixCache()
+        )
         self._cache_kw = _kv.cache_keyword(self.base.forward)
 
     # --- scoring -------------------------------------------------------------------------------
@@ -222,34 +249,70 @@ class HFRewardModel:
         return out
 
     def _forward(self, rows: list[list[int]]) -> list[float]:
+        """The raw scores of one batch: each row continues from the longest prefix of it the caches hold
+        (after the batch's own shared prefix is put there), and is stored for its children when path caching."""
+        import torch
+
+        with torch.inference_mode():
+            if not self.share_prefix:
+                return self._run(rows, [0] * len(rows), [None] * len(rows))[0]
+            from rstar_hf import kv as _kv
+
+            found = [self.prefix_cache.lookup(tuple(row[:-1])) for row in rows]
+            shared = _kv.shared_length(rows)  # each row keeps its last token, the one scored
+            if _saves_a_pass(shared, [n for n, _ in found]):
+                kv = self._prefix_kv(tuple(rows[0][:shared]))
+                found = [(n, row_kv) if n >= shared else (shared, kv) for n, row_kv in found]
+            known = [n for n, _ in found]
+            values, cache, columns = self._run(rows, known, [kv for _, kv in found])
+            if self.path_caching:
+                for k, row in enumerate(rows):  # row k's positions start at column columns - known[k]
+                    start = columns - known[k]
+                    self.prefix_cache.put(tuple(row), _kv.row_kv(cache, k, start, start + len(row)))
+            return values
+
+    def _run(self, rows: list[list[int]], known: list[int], kvs: list[KV | None]) -> tuple[list[float], Any, int]:
+        """Run each row's tokens after its first ``known[k]`` (whose keys and values are ``kvs[k]``), right-padded
+        after the right-aligned prefixes. The head's outputs at each row's last token, the cache (None when
+        nothing needed one) and its number of prefix columns."""
         import torch
 
         from rstar_hf import kv as _kv
 
-        shared = _kv.shared_length(rows) if self.share_prefix else 0  # each row keeps its last token, the one scored
-        rests = [r[shared:] for r in rows]
+        rests = [r[n:] for r, n in zip(rows, known, strict=True)]
         width = max(len(r) for r in rests)
+        cache = _kv.new_cache(self.model.config) if self.path_caching or any(known) else None
+        if cache is None:
+            columns = 0
+        elif len(set(known)) == 1 and _kv.shared_length(rows, minimum=0) >= known[0]:
+            columns = known[0]  # one prefix for all rows: shared, not copied
+            if kvs[0] is not None and columns:
+                _kv.fill(cache, kvs[0], len(rows))
+        else:
+            columns = _kv.fill_right_aligned(cache, kvs, known)
         input_ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width + shared), dtype=torch.long)
-        for k, rest in enumerate(rests):
+        mask = torch.zeros((len(rows), columns + width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, (rest, n) in enumerate(zip(rests, known, strict=True)):
             input_ids[k, : len(rest)] = torch.tensor(rest, dtype=torch.long)
-            mask[k, : shared + len(rest)] = 1
+            mask[k, columns - n : columns + len(rest)] = 1
+            positions[k] = torch.arange(n, n + width)
         last = torch.tensor([len(r) - 1 for r in rests], device=self.device)
-        with torch.inference_mode():
-            kwargs: dict[str, Any] = {"use_cache": False}
-            if shared:  # right padding: the positions after the cached prefix are the ones transformers counts
-                cache = _kv.new_cache(self.model.config)
-                _kv.fill(cache, self._prefix_kv(tuple(rows[0][:shared])), len(rows))
-                kwargs = {self._cache_kw: cache, "use_cache": True}
-            hidden = self.base(
-                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
-            ).last_hidden_state
-            picked = hidden[torch.arange(len(rows), device=self.device), last]
-            values = self.head(picked)[:, 0].float().cpu().tolist()
-        return [float(v) for v in values]
+        kwargs: dict[str, Any] = {"use_cache": False} if cache is None else {self._cache_kw: cache, "use_cache": True}
+        hidden = self.base(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            **kwargs,
+        ).last_hidden_state
+        self.tokens_computed += sum(len(r) for r in rests)
+        picked = hidden[torch.arange(len(rows), device=self.device), last]
+        values = self.head(picked)[:, 0].float().cpu().tolist()
+        return [float(v) for v in values], cache, columns
 
     def _prefix_kv(self, tokens: tuple[int, ...]) -> KV:
-        """Keys and values (batch of one) of a shared prefix: from the prefix cache, extended as needed."""
+        """Keys and values (batch of one) of a batch's shared prefix: from the prefix cache, the part it lacks
+        computed (with a batch of one) and put there."""
         import torch
 
         from rstar_hf import kv as _kv
@@ -263,6 +326,7 @@ class HFRewardModel:
         ids = torch.tensor([tokens[known:]], dtype=torch.long, device=self.device)
         mask = torch.ones((1, len(tokens)), dtype=torch.long, device=self.device)
         self.base(input_ids=ids, attention_mask=mask, use_cache=True, **{self._cache_kw: cache})
+        self.tokens_computed += len(tokens) - known
         kv = _kv.layer_kv(cache)
         self.prefix_cache.put(tokens, kv)
         return kv
@@ -278,6 +342,17 @@ class HFRewardModel:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _saves_a_pass(shared: int, known: list[int]) -> bool:
+    """Whether running a batch's ``shared`` leading tokens once, in a pass of their own, spares at least
+    `rstar_hf.kv.MIN_SHARED_PREFIX` tokens, given the cached prefix lengths ``known`` of its rows: a pass
+    reads all the weights however few its tokens, so one that spares a handful (siblings sharing their
+    step's first token) costs more than it saves."""
+    from rstar_hf.kv import MIN_SHARED_PREFIX
+
+    lacking = [n for n in known if n < shared]
+    return (len(lacking) - 1) * (shared - max(lacking, default=shared)) >= MIN_SHARED_PREFIX
 
 
 def choose_transform(choice: str, scale: float, stored: Mapping[str, Any] | None) -> ScoreTransform:

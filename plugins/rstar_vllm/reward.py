@@ -15,6 +15,21 @@ serving the other searches.
   bug 9). vLLM's own ``truncate_prompt_tokens`` is not used (it moved between versions).
 * ``score_with_tokens`` also gives the number of tokens vLLM read for each text: the length of the
   output's ``prompt_token_ids``, so nothing is tokenized twice.
+* Prefix caching: a tree search scores a node's children after the node, each child's text its parent's
+  plus one step, so with vLLM's prefix cache a child costs about its new step. ``enable_prefix_caching:
+  null`` leaves it to vLLM, which turns it on for a causal model pooled at its last token, as a PPM is
+  (vLLM 0.32; ``prefix_caching`` says what the engine chose, and a warning says when it is off). Only
+  whole blocks are cached (16 tokens on GPUs, 128 on vLLM's CPU build), so a child also recomputes the
+  partial block at its parent's end. Each call's texts are sent sorted (a text before the texts it is a
+  prefix of, texts sharing a prefix next to each other): vLLM schedules a call's requests in the order
+  given and registers a request's blocks when it schedules it, so later ones find them, in the same step
+  too (seen on the CPU build: of a child, its parent and a sibling sent in one call, the last two found
+  the first one's blocks); adjacent, a family's requests run while their shared blocks are the most
+  recently used, the last that vLLM evicts when its cache is full, and a parent is computed before its
+  children.
+* ``tokens_computed`` counts the tokens vLLM ran since the engine started: the tokens read minus those it
+  found in its prefix cache (each output's ``num_cached_tokens``; all tokens read count where vLLM does not
+  report it).
 
 Text fitting (`rstar.backends.fit_tokens`) and `rstar.reward.transform_option` are shared with the other
 backends. This module imports neither vllm nor torch at import time.
@@ -59,7 +74,9 @@ class VLLMRewardOptions(EngineOptions, TransformOptions):
         "(give the policy at most about 0.6)",
     )
     enable_prefix_caching: bool | None = Field(
-        None, description="reuse the KV cache of shared prefixes; default: vLLM's choice for pooling models"
+        None,
+        description="reuse the KV cache of shared prefixes (a child step then costs about its own tokens); "
+        "default: vLLM's choice, on for a causal model pooled at its last token, as a PPM is (vLLM 0.32)",
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="more keyword arguments for vllm.LLM (override the options above)"
@@ -70,7 +87,9 @@ class VLLMRewardModel:
     """A :class:`~rstar.interfaces.RewardModel` running vLLM's pooling runner in-process.
 
     ``transform`` is the `ScoreTransform` applied to raw scores; ``max_len`` the context length texts
-    are fitted to (None when unknown: nothing is cut). ``close()`` shuts the engine down.
+    are fitted to (None when unknown: nothing is cut); ``prefix_caching`` whether the engine caches prefixes
+    (None when it does not say); ``tokens_computed`` the tokens the engine ran so far (read minus cached).
+    ``close()`` shuts the engine down.
     """
 
     Options = VLLMRewardOptions
@@ -89,6 +108,13 @@ class VLLMRewardModel:
             self._engine: Any = vllm.LLM(**self.engine_arguments())
         self._guard = EngineGuard(self._engine, "reward model", options.model)
         self._prefix_cache = PrefixCacheCount()
+        self.tokens_computed = 0
+        self.prefix_caching = engine_prefix_caching(self._engine)
+        if self.prefix_caching is False:
+            log.warning(
+                "vllm reward model: the engine does not cache prefixes, so the PPM reads every path whole; "
+                "set enable_prefix_caching: true if this vLLM supports it for the model"
+            )
         self.tokenizer = self._engine.get_tokenizer()
         self._encode = encoder_of(self.tokenizer)
         self._bos: int | None = getattr(self.tokenizer, "bos_token_id", None)
@@ -152,16 +178,21 @@ class VLLMRewardModel:
         texts = [reward_text(i.prompt, i.solution) for i in items]
         if not texts:
             return []
+        order = sorted(range(len(texts)), key=texts.__getitem__)  # shared prefixes adjacent, parents first
         with self._lock:
             engine = self._require()
-            prompts = [self.engine_prompt(t) for t in texts]
+            prompts = [self.engine_prompt(texts[i]) for i in order]
             report_cut("vllm", sum(isinstance(p, dict) for p in prompts), len(prompts), self.max_len)
             with self._guard.watching():
                 outputs = list(engine.classify(prompts, pooling_params=self.pooling_params, use_tqdm=False))
             self._prefix_cache.add(outputs)
+            self.tokens_computed += sum(computed_tokens(out) for out in outputs)
         if len(outputs) != len(texts):
             raise RstarError(f"vllm returned {len(outputs)} outputs for {len(texts)} texts")
-        return [(self.transform(raw_score(out)), read_tokens(out)) for out in outputs]
+        scored: list[tuple[float, int]] = [(0.0, 0)] * len(texts)
+        for i, out in zip(order, outputs, strict=True):
+            scored[i] = (self.transform(raw_score(out)), read_tokens(out))
+        return scored
 
     def _require(self) -> Any:
         if self._engine is None:
@@ -218,12 +249,29 @@ def read_tokens(output: Any) -> int:
     return len(getattr(output, "prompt_token_ids", None) or ())
 
 
+def computed_tokens(output: Any) -> int:
+    """How many tokens vLLM ran for one text: those read less those found in its prefix cache
+    (``num_cached_tokens``; none where the output does not say)."""
+    cached = getattr(output, "num_cached_tokens", None)
+    return read_tokens(output) - (cached if isinstance(cached, int) else 0)
+
+
+def engine_prefix_caching(engine: Any) -> bool | None:
+    """Whether a ``vllm.LLM`` caches prefixes (its cache config's ``enable_prefix_caching``); None when unknown."""
+    value: Any = engine
+    for name in ("llm_engine", "vllm_config", "cache_config", "enable_prefix_caching"):
+        value = getattr(value, name, None)
+    return value if isinstance(value, bool) else None
+
+
 # --- shared with the sglang reward model ------------------------------------------------------------
 
 
 __all__ = [
     "VLLMRewardModel",
     "VLLMRewardOptions",
+    "computed_tokens",
+    "engine_prefix_caching",
     "raw_pooling_params",
     "raw_score",
     "read_tokens",

@@ -177,7 +177,7 @@ def test_a_shared_prefix_runs_once_and_scores_as_without(ppm_dir: Path, raw_mode
     few_shot = "Question: what is 2 + 3?\nx = 2 + 3\nprint(x)<end_of_code>\n5\n"  # the prompt all texts share
     steps = ["x = 12 * 7<end_of_step>", "x = 12 + 7<end_of_step>", "y = 3<end_of_step>\nprint(y)<end_of_code>"]
     first = [few_shot + "Question: 12 times 7?\n" + s for s in steps]
-    second = [few_shot + "Question: 12 plus 7?\n" + s for s in steps]
+    second = [few_shot + "Question: 12 plus 7 plus 8 plus 9 plus 10?\n" + s for s in steps]
     ids = shared.token_ids(first + second)
     assert min(len(i) for i in ids) > 32 and max(len(i) for i in ids) <= shared.max_length  # nothing cut
     seen: list[int] = []
@@ -186,7 +186,8 @@ def test_a_shared_prefix_runs_once_and_scores_as_without(ppm_dir: Path, raw_mode
     assert scores == pytest.approx(plain.raw_scores(first + second), abs=1e-5)
     assert scores == pytest.approx([plain.raw_scores([t])[0] for t in first + second], abs=1e-5)
     # first call: its common prefix once, then each row's own tokens; the second call finds the few-shot
-    # part in the prefix cache and runs only the rest of its common prefix (the question)
+    # part in the prefix cache and runs only the rest of its common prefix (the question: long enough that a
+    # pass of its own spares its rows more than MIN_SHARED_PREFIX tokens)
     common = [_common_length(ids[:3]), _common_length(ids[3:])]
     known = _common_length([ids[0], ids[3]])
     padded = [3 * max(len(i) - common[0] for i in ids[:3]), 3 * max(len(i) - common[1] for i in ids[3:])]
