@@ -14,9 +14,9 @@ concurrency each component kind receives is written on its protocol (`rstar.inte
 Results never depend on batching: each problem's randomness comes from a seed derived from
 ``(run seed, problem id)``, and every policy request carries its own seed drawn from it.
 
-`Engine.snapshot` reads the engine's counters (problems done and in flight, spend so far, batch fill) for a
-display or a logger; taking one costs a few additions per search in flight, and keeping the counters a few per
-finished problem, so nothing is added to the work per node.
+`Engine.snapshot` reads the engine's counters (problems done and in flight, spend so far, batch fill, the seconds
+each component was busy) for a display or a logger; taking one costs a few additions per search in flight, and
+keeping the counters a few per finished problem or batch, so nothing is added to the work per node.
 """
 
 from __future__ import annotations
@@ -68,13 +68,17 @@ class _Ticket(Generic[Out]):
 
 @dataclass
 class BatcherStats:
-    """What one component was handed: per batch its size, the searches in it and the searches alive then."""
+    """What one component was handed: per batch its size, the searches in it and the searches alive then;
+    and how long the component was busy."""
 
     batches: int = 0
     items: int = 0
     sizes: list[int] = field(default_factory=list)
     searches: list[int] = field(default_factory=list)
     live: list[int] = field(default_factory=list)
+    busy_s: float = 0.0
+    """Wall seconds during which at least one batch was in flight: the union of the batches' intervals, not
+    their sum (the verifier runs several batches at once). Counts the intervals that have ended."""
 
     @property
     def mean_batch(self) -> float:
@@ -122,6 +126,17 @@ class EngineSnapshot:
     """The policy's `BatcherStats.mean_fill`: how full its batches were, from 0 to 1."""
     seconds: float
     """Since the engine's first run started."""
+    policy_busy_s: float
+    """Wall seconds during which the policy had a batch in flight (`BatcherStats.busy_s`)."""
+    verifier_busy_s: float
+    """Wall seconds during which the verifier had at least one batch in flight: overlapping batches count once."""
+    reward_busy_s: float
+    """Wall seconds during which the reward model had a batch in flight; 0.0 without a reward model."""
+    reward_tokens_computed: int
+    """Tokens the reward model ran through its network since the engine was made, the tokens its caches served
+    left out; against ``reward_tokens`` (the tokens it read), what its caches saved. Read from the model's
+    optional ``tokens_computed`` counter. A model without one is taken to compute every token it reads: then this
+    equals ``reward_tokens``."""
 
     @property
     def accuracy(self) -> float | None:
@@ -154,6 +169,13 @@ class Batcher(Generic[In, Out]):
         self.pending: deque[tuple[In, _Ticket[Out], int]] = deque()
         self.in_flight = 0
         self.stats = BatcherStats()
+        self._busy_since = 0.0  # when in_flight last went from 0 to 1
+
+    @property
+    def busy_s(self) -> float:
+        """`BatcherStats.busy_s`, the interval still open (a batch in flight now) included."""
+        open_s = time.perf_counter() - self._busy_since if self.in_flight else 0.0
+        return self.stats.busy_s + open_s
 
     async def submit(self, items: Sequence[In]) -> list[Out]:
         if not items:
@@ -175,6 +197,8 @@ class Batcher(Generic[In, Out]):
             chunk = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
             self.stats.searches.append(len({id(ticket) for _, ticket, _ in chunk}))
             self.stats.live.append(self.engine._live)
+            if self.in_flight == 0:
+                self._busy_since = time.perf_counter()
             self.in_flight += 1
             self.engine._tasks.add(asyncio.ensure_future(self._run(chunk)))
 
@@ -202,6 +226,8 @@ class Batcher(Generic[In, Out]):
                     self.engine._blocked -= 1
         finally:
             self.in_flight -= 1
+            if self.in_flight == 0:
+                self.stats.busy_s += time.perf_counter() - self._busy_since
             self.engine._maybe_flush()
 
 
@@ -240,6 +266,8 @@ class Engine:
         self._outcomes = {"done": 0, "answered": 0, "correct": 0, "labelled": 0, "nodes": 0}
         self._started: float | None = None
         c = components
+        # A reward model's ``tokens_computed`` counts its whole life; the engine counts from what it says now.
+        self._reward_computed_at_start = _tokens_computed(c.reward_model)
         # A backend that batches on its own (an HTTP server, an async engine) sets `batches_itself = True`:
         # its requests go out as they come, any number at once.
         eager = bool(getattr(c.policy, "batches_itself", False))
@@ -269,6 +297,7 @@ class Engine:
             for key in _COUNTED:
                 spent[key] += getattr(ctx._usage, key)
         policy = self.policy.stats
+        computed = _tokens_computed(self.components.reward_model)
         return EngineSnapshot(
             problems=self._problems,
             in_flight=len(self._running),
@@ -282,6 +311,12 @@ class Engine:
             policy_batches=policy.batches,
             batch_fill=policy.mean_fill,
             seconds=0.0 if self._started is None else time.perf_counter() - self._started,
+            policy_busy_s=self.policy.busy_s,
+            verifier_busy_s=self.verifier.busy_s,
+            reward_busy_s=0.0 if self.reward is None else self.reward.busy_s,
+            reward_tokens_computed=(
+                spent["reward_tokens"] if computed is None else computed - (self._reward_computed_at_start or 0)
+            ),
             **self._outcomes,
         )
 
@@ -424,6 +459,13 @@ _COUNTED = ("policy_calls", "generated_tokens", "prompt_tokens", "verifier_jobs"
 
 def _with_seed(request: GenerationRequest, seed: int) -> GenerationRequest:
     return replace(request, seed=seed)
+
+
+def _tokens_computed(model: RewardModel | None) -> int | None:
+    """The reward model's ``tokens_computed`` counter (optional: tokens run through its network, cache hits
+    left out); None without a reward model or a counter."""
+    value = getattr(model, "tokens_computed", None)
+    return None if value is None else int(value)
 
 
 def _scored_with_tokens(model: RewardModel) -> Callable[[list[RewardRequest]], Awaitable[list[tuple[float, int]]]]:

@@ -146,7 +146,7 @@ def compare(recipe: str, overrides: tuple[str, ...]) -> None:
     """Search with several strategies and budgets (the recipe's compare section); write a table and a plot."""
     from rstar.plugins import get_plugin_manager
     from rstar.registry import get_registry
-    from rstar_pipeline.compare import Comparison, fmt_ci, fmt_percent
+    from rstar_pipeline.compare import Comparison, fmt_ci, fmt_percent, fmt_share
 
     def progress(event: str, payload: dict[str, Any]) -> None:
         if event == "cell":
@@ -173,7 +173,10 @@ def compare(recipe: str, overrides: tuple[str, ...]) -> None:
         "tokens/problem",
         "policy calls",
         "PPM tokens",
+        "PPM computed",
         "seconds",
+        "verifier time",
+        "PPM time",
         "cell",
     )
     for col in columns:
@@ -188,7 +191,10 @@ def compare(recipe: str, overrides: tuple[str, ...]) -> None:
             str(r["tokens_per_problem"]),
             str(r["policy_calls"]),
             str(r["reward_tokens"]),
+            "n/a" if r.get("reward_tokens_computed") is None else str(r["reward_tokens_computed"]),
             str(r["seconds"]),
+            fmt_share(r.get("verifier_share")),
+            fmt_share(r.get("reward_share")),
             r["status"],
         )
     out.print(table)

@@ -25,10 +25,12 @@ cell resumes problem by problem. So adding a budget or a strategy, or changing o
 searches only the cells concerned.
 
 The outputs, in ``<output_dir>``: ``compare.md``, ``compare.csv``, ``compare.json`` (one row per cell:
-accuracy with a percentile-bootstrap confidence interval over problems, what the cell spent; and each cell
-paired with the reference cell on their common problems: the difference in accuracy with a paired-bootstrap
-interval and McNemar's exact test) and ``compare.png`` (accuracy against generated tokens per problem and
-against wall seconds per problem; needs matplotlib).
+accuracy with a percentile-bootstrap confidence interval over problems, what the cell spent, the verifier's
+and the reward model's share of its wall time; and each cell paired with the reference cell on their common
+problems: the difference in accuracy with a paired-bootstrap interval and McNemar's exact test) and
+``compare.png`` (accuracy against generated tokens per problem and against wall seconds per problem; needs
+matplotlib). Each searched cell also keeps the engine's counters at the end of its search
+(`rstar.engine.EngineSnapshot`) in ``<cell>/engine.json``, from which a reused cell's shares are read back.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import ConfigDict, Field, PositiveInt
 
+from rstar import hookimpl
 from rstar.config import Recipe, RecipeChecker, check_recipe, merge_over
+from rstar.engine import EngineSnapshot
 from rstar.errors import ConfigError
 from rstar.options import Options, options_problems
 from rstar.registry import Registry
@@ -90,12 +94,20 @@ COLUMNS = (
     "prompt_tokens",
     "policy_calls",
     "reward_tokens",
+    "reward_tokens_computed",
     "reward_calls",
     "verifier_jobs",
     "seconds",
     "seconds_per_problem",
+    "verifier_busy_s",
+    "verifier_share",
+    "reward_busy_s",
+    "reward_share",
 )
 """Columns of ``compare.csv`` (``compare.json`` rows add ``status`` and ``folder``)."""
+
+ENGINE = "engine.json"
+"""In a cell's folder: the engine's counters when the cell's search ended (`EngineSnapshot.to_dict`)."""
 
 PLOT_MISSING = "matplotlib is not installed, so compare.png was not drawn: pip install 'rstar[plot]' and run again"
 
@@ -451,17 +463,26 @@ def cell_outcomes(trees: Sequence[Tree]) -> dict[str, bool]:
     return {t.id: bool(t.correct) for t in trees if t.correct is not None}
 
 
-def cell_row(cell: Cell, trees: Sequence[Tree], seconds: float, options: CompareOptions) -> dict[str, Any]:
+def cell_row(
+    cell: Cell,
+    trees: Sequence[Tree],
+    seconds: float,
+    options: CompareOptions,
+    engine: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """One table row: accuracy with its interval over the problems with a reference, and the spend in
     every unit strategies share, so that cells can be compared at equal compute whatever their budget
-    means. ``reward_tokens`` and ``prompt_tokens`` are read from the summary when it has them."""
+    means. ``reward_tokens`` and ``prompt_tokens`` are read from the summary when it has them. ``engine``
+    (the engine's counters at the end of the cell's search, `EngineSnapshot.to_dict`) gives the busy
+    seconds, their shares of ``seconds`` and the PPM tokens computed (`engine_columns`)."""
     summary = search_summary(list(trees), seconds, str(cell.recipe["search"]["name"]))
     labelled = [bool(t.correct) for t in trees if t.correct is not None]
     ci = bootstrap_ci(labelled, options.bootstrap, options.confidence, options.seed)
     problems = summary["problems"]
     budget = cell.validated.options.budget
     prompt_tokens = summary.get("prompt_tokens", sum(t.usage.prompt_tokens for t in trees))
-    return {
+    reward_tokens = summary.get("reward_tokens", 0)
+    row: dict[str, Any] = {
         "strategy": cell.label,
         "search": summary["strategy"],
         "budget": cell.budget,
@@ -477,12 +498,58 @@ def cell_row(cell: Cell, trees: Sequence[Tree], seconds: float, options: Compare
         "tokens_per_problem": round(summary["generated_tokens"] / problems, 1) if problems else 0.0,
         "prompt_tokens": prompt_tokens,
         "policy_calls": summary["policy_calls"],
-        "reward_tokens": summary.get("reward_tokens", 0),
+        "reward_tokens": reward_tokens,
         "reward_calls": summary["reward_calls"],
         "verifier_jobs": summary["verifier_jobs"],
         "seconds": summary["seconds"],
         "seconds_per_problem": round(summary["seconds"] / problems, 3) if problems else 0.0,
     }
+    return {**row, **engine_columns(engine, summary["seconds"], reward_tokens)}
+
+
+BUSY = {"verifier_busy_s": "verifier_share", "reward_busy_s": "reward_share"}
+"""The engine's busy seconds a row shows -> the row key of their share of the cell's seconds."""
+
+
+def engine_columns(engine: Mapping[str, Any] | None, seconds: float, reward_tokens: int) -> dict[str, Any]:
+    """The row's columns from the engine's counters: the seconds the verifier and the reward model had a batch in
+    flight, each as a share of the cell's ``seconds`` (a fraction; it counts only the searches the engine ran, as
+    ``seconds`` does), and the tokens the reward model computed. ``reward_tokens_computed`` is None when the
+    engine did not read all of the cell's ``reward_tokens`` (a resumed cell: the earlier part's count is lost),
+    every value None without counters (a cell searched before they were kept)."""
+    if engine is None:
+        return dict.fromkeys(("reward_tokens_computed", *BUSY, *BUSY.values()), None)
+    out: dict[str, Any] = {
+        "reward_tokens_computed": (
+            engine["reward_tokens_computed"] if engine.get("reward_tokens") == reward_tokens else None
+        )
+    }
+    for busy, share in BUSY.items():
+        out[busy] = round(float(engine[busy]), 3)
+        out[share] = round(float(engine[busy]) / seconds, 4) if seconds > 0 else None
+    return out
+
+
+class EngineCounters:
+    """A plugin that keeps the last engine counters (`rstar.hookspecs.search_progress`) of each search folder."""
+
+    def __init__(self) -> None:
+        self.last: dict[Path, EngineSnapshot] = {}
+
+    @hookimpl
+    def search_progress(self, folder: Path, snapshot: EngineSnapshot) -> None:
+        self.last[Path(folder)] = snapshot
+
+
+def read_engine(cell_folder: Path) -> dict[str, Any] | None:
+    """A cell's ``engine.json`` (`ENGINE`); None when it has none (a cell searched before it was kept) or it
+    does not hold the counters a row needs."""
+    try:
+        data = json.loads((cell_folder / ENGINE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    needed = ("reward_tokens", "reward_tokens_computed", *BUSY)
+    return data if isinstance(data, dict) and all(key in data for key in needed) else None
 
 
 # --- running the grid --------------------------------------------------------------------------------
@@ -511,6 +578,8 @@ class Comparison:
         rows: list[dict[str, Any]] = []
         outcomes: dict[str, dict[str, bool]] = {}
         cache = ComponentCache(self.registry)
+        counters = EngineCounters()  # each cell's engine counters, as the runner reports them
+        self.pm.register(counters)
         try:
             for index, cell in enumerate(self.cells, start=1):
                 status, changed = self._prepare(cell)
@@ -527,11 +596,14 @@ class Comparison:
                 else:
                     runner = Runner(cell.validated, self.registry, self.pm, self.source, self.progress, cache=cache)
                     summary = runner.search().summary
+                    keep_engine(cell.folder, counters.last.get(cell.folder / "search"))
                 trees = list(read_trees(cell.folder / "search" / "trees.jsonl").values())
-                row = cell_row(cell, trees, float(summary.get("seconds", 0.0)), self.options)
+                engine = read_engine(cell.folder)
+                row = cell_row(cell, trees, float(summary.get("seconds", 0.0)), self.options, engine)
                 rows.append({**row, "status": status, "folder": str(cell.folder)})
                 outcomes[cell.name] = cell_outcomes(trees)
         finally:
+            self.pm.unregister(counters)
             cache.close()
         paired = paired_tests(self.cells, outcomes, self.options)
         return write_outputs(rows, self.output_dir, self.options, self.source, paired)
@@ -553,6 +625,16 @@ class Comparison:
         if (cell.folder / "search" / DONE).exists():
             return "reused", []
         return "resumed", []
+
+
+def keep_engine(cell_folder: Path, snapshot: EngineSnapshot | None) -> None:
+    """Write the engine's counters at the end of a cell's search into ``engine.json``; without counters (the
+    search had no problem left to search), remove an earlier file, whose counters no longer match the summary."""
+    path = cell_folder / ENGINE
+    if snapshot is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic(path, json.dumps(snapshot.to_dict(), indent=2))
 
 
 # --- outputs -----------------------------------------------------------------------------------------
@@ -598,6 +680,11 @@ def write_outputs(
 
 def fmt_percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
+
+
+def fmt_share(value: float | None) -> str:
+    """A share of the wall time in whole percent; ``n/a`` when unknown."""
+    return "n/a" if value is None else f"{value:.0%}"
 
 
 def fmt_ci(row: Mapping[str, Any]) -> str:
@@ -675,12 +762,19 @@ def markdown_columns(options: CompareOptions) -> list[Column]:
         ("prompt tokens", lambda r: r["prompt_tokens"]),
         ("policy calls", lambda r: r["policy_calls"]),
         ("PPM tokens", lambda r: r["reward_tokens"]),
+        ("PPM computed", lambda r: _or_na(r.get("reward_tokens_computed"))),
         ("reward calls", lambda r: r["reward_calls"]),
         ("verifier jobs", lambda r: r["verifier_jobs"]),
         ("seconds", lambda r: r["seconds"]),
         ("s/problem", lambda r: r["seconds_per_problem"]),
+        ("verifier time", lambda r: fmt_share(r.get("verifier_share"))),
+        ("PPM time", lambda r: fmt_share(r.get("reward_share"))),
     ]
     return columns
+
+
+def _or_na(value: Any) -> Any:
+    return "n/a" if value is None else value
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], options: CompareOptions) -> str:
@@ -699,7 +793,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], options: CompareOptions) -
         "",
         f"Accuracy over the problems with a reference answer; {level} percentile-bootstrap interval over problems "
         f"({options.bootstrap} resamples, seed {options.seed}). Tokens are generated tokens; PPM tokens are the "
-        f"tokens the reward model scored. {budget}",
+        "tokens the reward model read, PPM computed those it ran through its network (its caches served the rest). "
+        "Verifier and PPM time: the share of the cell's seconds during which the verifier, or the reward model, "
+        f"had work in flight. {budget}",
         "",
         "| " + " | ".join(header for header, _ in columns) + " |",
         "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|",

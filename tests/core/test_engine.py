@@ -13,7 +13,7 @@ from rstar.engine import Components, Engine, problem_seed
 from rstar.steps import StepFormat
 from rstar.testing import ScriptedPolicy, ScriptedRewardModel
 from rstar.testing.worlds import adder
-from rstar.types import Budget, GenerationRequest, RewardRequest
+from rstar.types import Budget, CodeJob, GenerationRequest, RewardRequest, Verdict
 
 
 def run_search(max_in_flight: int, n_problems: int = 12, samples: int = 4):
@@ -116,6 +116,20 @@ class FakeCountingRewardModel(ScriptedRewardModel):
         return [(s, len(i.prompt + i.solution)) for s, i in zip(scores, items, strict=True)]
 
 
+class FakeCachingRewardModel(FakeCountingRewardModel):
+    """Test fake: reads as `FakeCountingRewardModel` and says in ``tokens_computed`` that it ran only a tenth of
+    those tokens (a cache served the rest)."""
+
+    def __init__(self, fn, tokens_computed: int = 0) -> None:
+        super().__init__(fn)
+        self.tokens_computed = tokens_computed
+
+    async def score_with_tokens(self, items: list[RewardRequest]) -> list[tuple[float, int]]:
+        scored = await super().score_with_tokens(items)
+        self.tokens_computed += sum(tokens for _, tokens in scored) // 10
+        return scored
+
+
 def reward_vote_search(reward, n_problems: int = 3) -> list:
     components = Components(ScriptedPolicy(adder), FakeInProcessVerifier(), FakeExactChecker(), reward)
     engine = Engine(components, max_in_flight=n_problems, seed=7)
@@ -154,3 +168,82 @@ def test_the_token_cap_is_reached_by_the_problem_s_own_tokens():
     assert capped.token_cap_reached
     uncapped._spend(generated_tokens=10**9)
     assert not uncapped.token_cap_reached
+
+
+# --- busy seconds and the snapshot ------------------------------------------------------------------------
+
+
+class FakeSleepingVerifier:
+    """Test fake: every batch takes ``seconds`` of wall time, asleep (so that concurrent batches overlap), and
+    every program passes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def run(self, jobs: list[CodeJob]) -> list[Verdict]:
+        await asyncio.sleep(self.seconds)
+        return [Verdict("ok", "") for _ in jobs]
+
+
+def test_busy_seconds_are_the_union_of_the_batches_in_flight_not_their_sum():
+    verifier = FakeSleepingVerifier(0.2)
+    engine = Engine(Components(ScriptedPolicy(adder), verifier, FakeExactChecker()), max_batch=1)
+    busy: list[float] = []
+
+    async def submit() -> None:
+        # Two jobs with max_batch 1: two batches of 0.2 s, sent together, in flight at once.
+        await engine.verifier.submit([CodeJob("print(1)"), CodeJob("print(2)")])
+        busy.append(engine.verifier.stats.busy_s)
+        await asyncio.sleep(0.3)  # idle: not busy
+        await engine.verifier.submit([CodeJob("print(3)")])
+        busy.append(engine.verifier.stats.busy_s)
+
+    asyncio.run(submit())
+    assert engine.verifier.stats.sizes == [1, 1, 1]
+    assert 0.19 <= busy[0] < 0.35  # the sum would be 0.4
+    assert 0.19 <= busy[1] - busy[0] < 0.35  # the idle 0.3 s are not counted
+    assert engine.verifier.busy_s == engine.verifier.stats.busy_s  # nothing in flight: no open interval
+    snapshot = engine.snapshot()
+    assert snapshot.verifier_busy_s == busy[1]
+    assert snapshot.policy_busy_s == 0.0 == snapshot.reward_busy_s  # no policy call; no reward model
+
+
+def test_the_busy_seconds_of_a_batch_in_flight_count_in_the_snapshot():
+    engine = Engine(Components(ScriptedPolicy(adder), FakeSleepingVerifier(0.2), FakeExactChecker()))
+    seen: list[float] = []
+
+    async def submit() -> None:
+        job = asyncio.ensure_future(engine.verifier.submit([CodeJob("print(1)")]))
+        await asyncio.sleep(0.1)
+        seen.append(engine.snapshot().verifier_busy_s)
+        await job
+
+    asyncio.run(submit())
+    assert 0.05 <= seen[0] < engine.verifier.stats.busy_s
+
+
+def test_a_snapshot_reports_busy_seconds_and_the_reward_models_tokens_computed():
+    reward = FakeCachingRewardModel(lambda text: float(len(text)), tokens_computed=1000)  # earlier work
+    components = Components(ScriptedPolicy(adder), FakeInProcessVerifier(), FakeExactChecker(), reward)
+    engine = Engine(components, max_in_flight=3, seed=7)
+    strategy = BestOfN(SamplingOptions(vote="reward"))
+    trees = asyncio.run(engine.run(adder_problems(3), strategy, StepFormat.from_options(), Budget(samples=2)))
+    final = engine.snapshot()
+    assert final.reward_tokens == sum(t.usage.reward_tokens for t in trees) > 0
+    # The model's counter since the engine was made, not its 1000 earlier tokens.
+    assert final.reward_tokens_computed == reward.tokens_computed - 1000 == final.reward_tokens // 10
+    assert 0 < final.verifier_busy_s <= final.seconds and 0 < final.policy_busy_s <= final.seconds
+    assert 0 < final.reward_busy_s <= final.seconds
+    assert {"policy_busy_s", "verifier_busy_s", "reward_busy_s", "reward_tokens_computed"} <= set(final.to_dict())
+
+
+def test_a_reward_model_without_a_counter_computes_every_token_it_reads():
+    reward = FakeCountingRewardModel(lambda text: float(len(text)))
+    components = Components(ScriptedPolicy(adder), FakeInProcessVerifier(), FakeExactChecker(), reward)
+    engine = Engine(components, max_in_flight=3, seed=7)
+    strategy = BestOfN(SamplingOptions(vote="reward"))
+    asyncio.run(engine.run(adder_problems(3), strategy, StepFormat.from_options(), Budget(samples=2)))
+    final = engine.snapshot()
+    assert final.reward_tokens_computed == final.reward_tokens > 0
+    without = Engine(Components(ScriptedPolicy(adder), FakeInProcessVerifier(), FakeExactChecker())).snapshot()
+    assert (without.reward_busy_s, without.reward_tokens_computed) == (0.0, 0)

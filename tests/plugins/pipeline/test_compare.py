@@ -6,6 +6,7 @@ test_compare_stats.py."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import io
@@ -46,13 +47,36 @@ class CountingReward:
         return [(0.5, len((item.prompt + item.solution).split())) for item in items]
 
 
+class FakeCachingReward(CountingReward):
+    """Test fake: reads as `CountingReward` and, as if a cache held every prefix, runs one token per item through
+    its network, counted in ``tokens_computed`` over its life (it serves every cell that names it)."""
+
+    def __init__(self):
+        self.tokens_computed = 0
+
+    async def score_with_tokens(self, items):
+        self.tokens_computed += len(items)
+        return await super().score_with_tokens(items)
+
+
+class FakeSleepingVerifier(FakeInProcessVerifier):
+    """Test fake: runs programs as `FakeInProcessVerifier` after sleeping 20 ms per batch, so that a cell's
+    verifier time is measurable."""
+
+    async def run(self, jobs):
+        await asyncio.sleep(0.02)
+        return await super().run(jobs)
+
+
 class Fakes:
-    """Registers conftest's in-process verifier and exact-match checker as ``inprocess`` and ``exact``, and
-    `CountingReward` as ``counting``."""
+    """Registers conftest's in-process verifier as ``inprocess`` (and `FakeSleepingVerifier` as ``sleeping``),
+    its exact-match checker as ``exact``, `CountingReward` as ``counting`` and `FakeCachingReward` as
+    ``caching``."""
 
     @hookimpl
     def register_verifiers(self, register):
         register("inprocess", lambda options: FakeInProcessVerifier())
+        register("sleeping", lambda options: FakeSleepingVerifier())
 
     @hookimpl
     def register_answer_checkers(self, register):
@@ -61,6 +85,7 @@ class Fakes:
     @hookimpl
     def register_reward_models(self, register):
         register("counting", lambda options: CountingReward())
+        register("caching", lambda options: FakeCachingReward())
 
 
 DRAW = compare_module.plot
@@ -159,6 +184,7 @@ def test_a_second_run_searches_nothing(recipe, registry, pm, monkeypatch):
     monkeypatch.setattr(compare_module, "Runner", no_search)
     second, cells = run(recipe, registry, pm)
     assert [c[2] for c in cells] == ["reused"] * 5
+    assert all(r["verifier_busy_s"] is not None for r in second.rows)  # read back from each cell's engine.json
     strip = [{k: v for k, v in r.items() if k != "status"} for r in second.rows]
     assert strip == [{k: v for k, v in r.items() if k != "status"} for r in first.rows]
 
@@ -258,6 +284,84 @@ def test_the_reward_models_tokens_reach_the_row(recipe, registry, pm):
     result, _ = run(recipe, registry, pm)
     (row,) = result.rows
     assert row["reward_calls"] > 0 and row["reward_tokens"] > row["reward_calls"]
+    # A reward model without a tokens_computed counter computes every token it reads.
+    assert row["reward_tokens_computed"] == row["reward_tokens"]
+    assert row["reward_share"] > 0 and row["reward_busy_s"] is not None
+
+
+# --- the verifier's and the reward model's share of the wall time -------------------------------------------
+
+
+def test_every_row_states_the_verifier_and_reward_models_share_of_its_seconds(recipe, registry, pm, tmp_path):
+    recipe["verifier"] = {"name": "sleeping"}
+    del recipe["compare"]["strategies"]["mcts"]
+    result, _ = run(recipe, registry, pm)
+    out = tmp_path / "cmp"
+    report = json.loads((out / "compare.json").read_text())
+    lines = list(csv.DictReader(io.StringIO((out / "compare.csv").read_text())))
+    for row, stored, line in zip(result.rows, report["rows"], lines, strict=True):
+        keys = ("verifier_busy_s", "verifier_share", "reward_busy_s", "reward_share", "reward_tokens_computed")
+        assert all(stored[k] == row[k] for k in keys) and all(line[k] != "" for k in keys)
+        # Every batch sleeps 20 ms; the policy and the checker take little time beside it.
+        assert 0.02 <= row["verifier_busy_s"] <= row["seconds"] + 0.01 and 0.2 < row["verifier_share"] <= 1.1
+        assert row["verifier_share"] == pytest.approx(
+            row["verifier_busy_s"] / row["seconds"], abs=0.001 / row["seconds"]
+        )
+        assert (row["reward_busy_s"], row["reward_share"], row["reward_tokens_computed"]) == (0.0, 0.0, 0)
+        engine = json.loads((out / "cells" / row["strategy"] / f"samples_{row['budget']}" / "engine.json").read_text())
+        assert engine["verifier_busy_s"] == pytest.approx(row["verifier_busy_s"], abs=0.0005)
+    md = (out / "compare.md").read_text().splitlines()
+    header = next(line for line in md if line.startswith("|"))
+    assert "| PPM tokens | PPM computed | reward calls |" in header
+    assert header.endswith("| seconds | s/problem | verifier time | PPM time |")
+    first = next(line for line in md if line.startswith("| greedy |"))
+    assert first.endswith(f"| {result.rows[0]['verifier_share']:.0%} | 0% |")
+
+
+def test_ppm_tokens_computed_are_each_cells_own_against_the_tokens_read(recipe, registry, pm):
+    recipe["compare"]["strategies"] = {"cached": {"search": {"vote": "reward"}, "reward_model": {"name": "caching"}}}
+    recipe["compare"]["budgets"] = [1, 2]
+    result, _ = run(recipe, registry, pm)
+    for row in result.rows:
+        # One token computed per item scored, counted from where the shared model's counter stood at the cell's start.
+        assert 0 < row["reward_tokens_computed"] == row["reward_calls"] < row["reward_tokens"]
+
+
+def test_cells_searched_before_the_engine_counters_were_kept_still_load(recipe, registry, pm, tmp_path):
+    first, _ = run(recipe, registry, pm)
+    for path in (tmp_path / "cmp" / "cells").glob("*/*/engine.json"):
+        path.unlink()
+    second, cells = run(recipe, registry, pm)
+    assert [c[2] for c in cells] == ["reused"] * 5
+    keys = ("verifier_busy_s", "verifier_share", "reward_busy_s", "reward_share", "reward_tokens_computed")
+    for old, new in zip(first.rows, second.rows, strict=True):
+        assert all(new[k] is None for k in keys)
+        assert {k: v for k, v in new.items() if k not in (*keys, "status")} == {
+            k: v for k, v in old.items() if k not in (*keys, "status")
+        }
+    table = [line for line in (tmp_path / "cmp" / "compare.md").read_text().splitlines() if line.startswith("| greedy")]
+    assert table[0].endswith("| n/a | n/a |")
+    # Rows of an older compare.json, without the new keys, render too.
+    old_rows = [{k: v for k, v in r.items() if k not in keys} for r in first.rows]
+    text = compare_module.markdown_table(old_rows, CompareOptions.model_validate(recipe["compare"]))
+    assert text.count("| n/a | n/a |") == 5
+    first_line = next(csv.DictReader(io.StringIO(compare_module.csv_text(old_rows))))
+    assert first_line["verifier_share"] == ""
+
+
+def test_a_resumed_cell_has_no_ppm_tokens_computed_when_its_engine_read_only_part_of_them():
+    engine = {"reward_tokens": 40, "reward_tokens_computed": 10, "verifier_busy_s": 1.0, "reward_busy_s": 0.5}
+    whole = compare_module.engine_columns(engine, 4.0, reward_tokens=40)
+    assert whole == {
+        "reward_tokens_computed": 10,
+        "verifier_busy_s": 1.0,
+        "verifier_share": 0.25,
+        "reward_busy_s": 0.5,
+        "reward_share": 0.125,
+    }
+    resumed = compare_module.engine_columns(engine, 4.0, reward_tokens=100)  # earlier trees read 60 more
+    assert resumed["reward_tokens_computed"] is None and resumed["verifier_share"] == 0.25
+    assert compare_module.engine_columns(engine, 0.0, reward_tokens=40)["verifier_share"] is None
 
 
 def test_each_cell_is_paired_with_the_first_cell(recipe, registry, pm, tmp_path):
