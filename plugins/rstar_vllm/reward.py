@@ -50,7 +50,14 @@ from rstar.errors import MissingExtraError, RstarError
 from rstar.reward import TransformOptions, reward_text, transform_option
 from rstar.types import RewardRequest
 from rstar_vllm.models import hub_errors, loadable
-from rstar_vllm.policy import EngineGuard, PrefixCacheCount, engine_max_len, on_cpu
+from rstar_vllm.policy import (
+    CPU_BIND_DESCRIPTION,
+    EngineGuard,
+    PrefixCacheCount,
+    bind_cpu_threads,
+    engine_max_len,
+    on_cpu,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,7 @@ class VLLMRewardOptions(EngineOptions, TransformOptions):
         description="reuse the KV cache of shared prefixes (a child step then costs about its own tokens); "
         "default: vLLM's choice, on for a causal model pooled at its last token, as a PPM is (vLLM 0.32)",
     )
+    cpu_threads_bind: str | None = Field(None, description=CPU_BIND_DESCRIPTION)
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="more keyword arguments for vllm.LLM (override the options above)"
     )
@@ -105,6 +113,7 @@ class VLLMRewardModel:
         self.model_path = loadable(options.model, key="reward_model.model")  # a GGUF becomes a safetensors folder
         self.transform = transform_option(options.transform, options.scale, options.model, options.trust_remote_code)
         with hub_errors("reward_model.model", options.model):
+            bind_cpu_threads(options.cpu_threads_bind)
             self._engine: Any = vllm.LLM(**self.engine_arguments())
         self._guard = EngineGuard(self._engine, "reward model", options.model)
         self._prefix_cache = PrefixCacheCount()

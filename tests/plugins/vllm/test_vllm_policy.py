@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sys
 import threading
@@ -82,6 +83,33 @@ def cpu_platform(monkeypatch: pytest.MonkeyPatch, is_cpu: bool) -> None:
     platforms = types.ModuleType("vllm.platforms")
     platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: is_cpu)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+
+
+def test_on_a_small_cpu_the_engine_runs_on_every_core(fake_vllm: FakeVLLM, monkeypatch: pytest.MonkeyPatch):
+    """vLLM's CPU default keeps a core for its scheduler: on <= 4 cores the engines bind them all; on larger ones,
+    on a GPU, or when the user set the variable or the option, rstar leaves or passes their choice."""
+    from rstar_vllm.policy import bind_cpu_threads
+
+    variable = "VLLM_CPU_OMP_THREADS_BIND"
+    monkeypatch.delenv(variable, raising=False)
+    cpu_platform(monkeypatch, True)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    make()
+    assert fake_vllm.engines and os.environ[variable] == "0,1"
+    monkeypatch.setenv(variable, "auto")  # the user's wins
+    bind_cpu_threads(None)
+    bind_cpu_threads("0")
+    assert os.environ[variable] == "auto"
+    monkeypatch.delenv(variable)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(16)))
+    bind_cpu_threads(None)
+    assert variable not in os.environ
+    bind_cpu_threads("0-7")
+    assert os.environ[variable] == "0-7"
+    monkeypatch.delenv(variable)
+    cpu_platform(monkeypatch, False)
+    bind_cpu_threads("0-7")
+    assert variable not in os.environ
 
 
 def test_on_cpu_chunked_prefill_is_off_and_the_kv_cache_fixed(fake_vllm: FakeVLLM, monkeypatch: pytest.MonkeyPatch):
