@@ -917,10 +917,7 @@ def start_from_state(message, fds, workdir, cmd_end):
         send_message(state.cmd, json.dumps(request).encode(), [*fds[:4], cmd_end])
         os.kill(state.pid, signal.SIGCONT)
         readable, _, _ = select.select([state.cmd], [], [], 2.0)
-        data, extra = receive_message(state.cmd) if readable else (None, [])
-        for fd in extra:
-            os.close(fd)
-        pid = int(json.loads(data)["pid"])
+        pid = int(json.loads(short_message(state.cmd) if readable else b"")["pid"])
         state.seen = wait_stopped(state.pid)
         if state.seen is None or pid in state_pids() or pid in LIVING_RUNNERS:
             raise ValueError("the state misbehaved")
@@ -934,6 +931,13 @@ def start_from_state(message, fds, workdir, cmd_end):
     except BaseException:
         drop_state(state_id)
         return None
+
+
+def short_message(sock):
+    """One record from a job or a state, at most 256 bytes, never file descriptors: what they send the worker
+    (``state``, a pid) is short, and reading more would let them fill the worker's memory."""
+    data = sock.recv(256)
+    return data[1:] if data[:1] == b"." else b""
 
 
 def parent_of(pid):
@@ -1203,10 +1207,7 @@ def main():
                 job = None
             elif job.cmd is not None and job.cmd in readable:
                 with contextlib.suppress(OSError):
-                    said, extra = receive_message(job.cmd)
-                    for fd in extra:
-                        os.close(fd)
-                    if said == b'{"state": true}':
+                    if short_message(job.cmd) == b'{"state": true}':
                         keep_state(job, scratch, cap)
                         job = None
         else:

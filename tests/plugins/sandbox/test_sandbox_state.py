@@ -233,3 +233,32 @@ def test_fork_gives_replays_verdicts_in_docker():
     programs = json.loads((DATA / "quickstart_programs.json").read_text(encoding="utf-8"))["programs"]
     counts = assert_same(HAND_WRITTEN + programs[:120], {"max_output_bytes": 1000}, verifier="docker")
     assert counts["from_state"] >= 40, counts
+
+
+def test_a_job_flooding_its_command_socket_neither_stalls_nor_fills_its_worker():
+    """A kept job's command socket carries one short message to the worker; a job that streams records into it
+    (as parts of one endless message) is read 256 bytes at a time and gets its own verdict."""
+    flood = (
+        "import os, stat, time\n"
+        "socks = []\n"
+        "for fd in os.listdir('/proc/self/fd'):\n"
+        "    try:\n"
+        "        if stat.S_ISSOCK(os.fstat(int(fd)).st_mode):\n"
+        "            socks.append(int(fd))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "end = time.monotonic() + 1\n"
+        "sent = 0\n"
+        "while time.monotonic() < end:\n"
+        "    for fd in socks:\n"
+        "        try:\n"
+        "            os.write(fd, b'+' + b'x' * 30000)\n"
+        "            sent += 1\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print('sent', sent > 0)"
+    )
+    verdicts, _ = run_all({"state": "fork", "inline": False, "max_workers": 1, "timeout_s": 5}, [flood], batch=1)
+    assert (verdicts[0].status, verdicts[0].output) == ("ok", "sent True\n"), verdicts[0]
+    after, _ = run_all({"state": "fork", "inline": False, "max_workers": 1}, ["x = 1", "x = 1\nprint(x)"], batch=1)
+    assert after[1].output == "1\n"
