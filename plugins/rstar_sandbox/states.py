@@ -13,8 +13,8 @@ Where the fork could differ, the program runs from scratch instead (`StateCache.
 
 * no state: the parent's job ended in an error, a timeout or any verdict other than ``ok`` (an erroring
   ancestor errs again in every descendant, exactly as replay makes it), called ``sys.exit()``, left a file in
-  its working directory or in ``/tmp``, a thread or another process, changed directory, or its program uses
-  ``__future__``; or the state was evicted (at most ``states`` per worker, least recently used first), or
+  its working directory or in ``/tmp``, a thread or another process, an open file or writable shared memory
+  (forks would share them), changed directory, or its program uses ``__future__``; or the state was evicted (at most ``states`` per worker, least recently used first), or
   was signalled or woken by another job (the worker checks each stopped state and kills any that ran);
 * the new lines do not compile on their own (a step that continues its parent's indented block, say);
 * less than `MIN_TIME_LEFT_S` of the time limit is left.

@@ -813,6 +813,8 @@ def become_state(cmd_fd, channel, workdir, namespace, config):
             os.dup2(null, fd)
         os.close(null)
         os.close(channel)
+        if shares_with_children(cmd_fd):
+            os._exit(0)
         os.chdir("/")
         cmd = socket.socket(fileno=cmd_fd)
         send_message(cmd, b'{"state": true}')
@@ -841,6 +843,17 @@ def become_state(cmd_fd, channel, workdir, namespace, config):
             os.close(fd)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(first, 0)
+
+
+def shares_with_children(cmd_fd):
+    """Whether this process holds what its forks would share, unlike replays of its program: an open file (an
+    unlinked temporary file, say: forks share its offset) or writable shared memory (``mmap``): then it keeps no
+    state."""
+    for fd in os.listdir("/proc/self/fd"):
+        if int(fd) not in (0, 1, 2, cmd_fd) and os.path.exists(f"/proc/self/fd/{fd}"):
+            return True  # (the listing's own descriptor is closed by now)
+    with open("/proc/self/maps") as maps:
+        return any(len(f) > 1 and f[1][1:2] == "w" and f[1][3:4] == "s" for f in (line.split() for line in maps))
 
 
 def step_main(config, request, fds, state_cmd, namespace, state_workdir, first):

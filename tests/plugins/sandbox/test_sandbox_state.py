@@ -77,6 +77,9 @@ HAND_WRITTEN = [
         "import tempfile\nt = tempfile.NamedTemporaryFile(delete=False)\nt.write(b'x')\nt.close()",
         ["print(len(t.name) > 0)"],
     ),
+    # what forks would share and replays do not: an unlinked temporary file (its offset), shared memory
+    *tree("import tempfile\nt = tempfile.TemporaryFile()", ["t.write(b'abc')\nprint(t.tell())"], ["print(t.tell())"]),
+    *tree("import mmap\nm = mmap.mmap(-1, 16)", ["m[0] = 7\nprint(m[0])"], ["print(m[0])"]),
     # a thread left running, a __future__ import
     *tree(
         "import threading, time\nthreading.Thread(target=time.sleep, args=(0.2,), daemon=True).start()", ["print(1)"]
