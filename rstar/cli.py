@@ -190,6 +190,13 @@ class ProgressDisplay:
     def run_end(self) -> None:
         self.close()
 
+    def note(self, event: str, payload: dict[str, Any]) -> None:
+        """A stage's note for whoever runs it (`rstar.runner.StageContext.progress`: loading a trainer, say), shown
+        on a terminal only; an evaluate run's is left out (its search prints a header of its own)."""
+        if self.live and event != "evaluate_run":
+            self.close()
+            self.console.print(f"[dim]{escape(event)}: {escape(_brief(payload))}[/]", highlight=False)
+
     def close(self) -> None:
         """Stop the live bar, if one is showing."""
         if self.bar is not None:
@@ -286,7 +293,8 @@ def _summary_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
 def run(recipe: str, overrides: tuple[str, ...]) -> None:
     """Run a recipe: all rounds and stages, resumable (re-run the same command to continue)."""
     runner = make_runner(recipe, overrides)
-    with showing_progress():
+    with showing_progress() as display:
+        runner.progress = display.note
         results = runner.run()
     # A search's summary names its strategy; a stage of several searches (evaluate) lists them under "runs".
     searches = []

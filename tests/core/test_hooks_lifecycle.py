@@ -290,6 +290,17 @@ def test_on_a_terminal_each_search_gets_a_header_and_a_live_bar(recipe):
     assert "round_1/search done: 6 problems" in text
 
 
+def test_a_stages_notes_reach_the_display_on_a_terminal_only():
+    """`StageContext.progress` (a stage loading its trainer, say) goes to the command line's display."""
+    for live in (True, False):
+        console = Console(record=True, width=200, force_terminal=live)
+        display = ProgressDisplay(console, live=live)
+        display.note("loading", {"what": "trainer sft from base"})
+        display.note("evaluate_run", {"round": 1, "label": "greedy"})
+        text = console.export_text()
+        assert text == ("loading: what=trainer sft from base\n" if live else "")
+
+
 def test_the_command_line_registers_its_display_as_a_plugin_for_the_command_only():
     pm = get_plugin_manager()
     with showing_progress() as display:
