@@ -14,15 +14,16 @@ Where the fork could differ, the program runs from scratch instead (`StateCache.
 * no state: the parent's job ended in an error, a timeout or any verdict other than ``ok`` (an erroring
   ancestor errs again in every descendant, exactly as replay makes it), called ``sys.exit()``, left a file in
   its working directory or in ``/tmp``, a thread or another process, an open file or writable shared memory
-  (forks would share them), changed directory, or its program uses ``__future__``; or the state was evicted (at most ``states`` per worker, least recently used first), or
+  (forks would share them), changed directory, printed while its trailing value became text, or its program
+  uses ``__future__``; or the state was evicted (at most ``states`` per worker, least recently used first), or
   was signalled or woken by another job (the worker checks each stopped state and kills any that ran);
 * the new lines do not compile on their own (a step that continues its parent's indented block, say);
 * less than `MIN_TIME_LEFT_S` of the time limit is left.
 
-What cannot be equal: a program that reads the clock, or draws random numbers without a seed, sees a
-different time or draw (as two replays do), and unseeded draws continue the parent's generator instead of
-being reseeded; a program that writes outside its working directory and ``/tmp`` (with ``isolation: none``
-only: a sandbox shows nothing else writable).
+What cannot be equal: a program that reads the clock, or draws random numbers without a seed, sees a different time
+or draw (as two replays do), and unseeded draws continue the parent's generator instead of being reseeded; an
+``os.register_at_fork`` hook a step installed runs when its state forks; a program that writes outside its working
+directory and ``/tmp`` (with ``isolation: none`` only: a sandbox shows nothing else writable).
 """
 
 from __future__ import annotations

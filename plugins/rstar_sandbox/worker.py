@@ -129,9 +129,12 @@ def run(source, accept=None, builtins_=builtins, kept=None):
         if accept is not None and not accept(tree):
             return None
         last = tree.body[-1] if tree.body else None
+        statements = len(tree.body)
         if isinstance(last, ast.Expr):  # one compilation: the trailing expression becomes an assignment
             target = ast.copy_location(ast.Name(RESULT, ast.Store()), last.value)
             tree.body[-1] = ast.copy_location(ast.Assign([target], last.value), last)
+        if kept is not None and kept["from_state"] and tree.body and is_docstring(tree.body[0]):
+            tree.body.insert(0, ast.copy_location(ast.Pass(), tree.body[0]))  # in the whole program it is not first
         body = compile(tree, FILENAME, "exec")
     except (Deadline, OutputLimit):
         raise
@@ -141,13 +144,13 @@ def run(source, accept=None, builtins_=builtins, kept=None):
         return ("fallback", "") if kept is not None and kept["from_state"] else ("error", describe(exc))
 
     if kept is not None:
-        kept.update(display=0, statements=len(tree.body), keepable=False)
+        kept.update(display=0, statements=statements, keepable=False)
     namespace = {"__name__": "__main__", "__builtins__": builtins_} if kept is None else kept["namespace"]
     try:
         exec(body, namespace)
         value = namespace.pop(RESULT, None) if isinstance(last, ast.Expr) else None
         if value is not None:
-            text = str(value)
+            text = str(value) if kept is None else quiet_str(value, kept)
             print(text)
             if kept is not None:
                 kept["display"] = len((text + "\n").encode("utf-8", "surrogateescape"))
@@ -169,8 +172,41 @@ def run(source, accept=None, builtins_=builtins, kept=None):
         if kept is None:
             namespace.clear()  # frees the program's data before the verdict is written
     if kept is not None:
-        kept["keepable"] = True
+        kept["keepable"] = not kept.get("printed_in_str")
     return "ok", ""
+
+
+def is_docstring(node):
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+class WriteProbe:
+    """``sys.stdout`` while a trailing value is turned into text: notes whether that printed anything."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.written = False
+
+    def write(self, text):
+        self.written = True
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def quiet_str(value, kept):
+    """``str(value)`` for the printed value of a trailing expression, in a program whose state may be kept. The
+    whole program of a child does not print it (it is no longer the last statement), so its output must not
+    include anything ``str`` printed either: if it did, the state is not kept."""
+    stream = sys.stdout
+    probe = sys.stdout = WriteProbe(stream)
+    try:
+        return str(value)
+    finally:
+        if sys.stdout is probe:
+            sys.stdout = stream
+        kept["printed_in_str"] = probe.written
 
 
 # --- framing on the control socket ------------------------------------------------------------------
@@ -617,8 +653,13 @@ def processes_of(uid):
     return count
 
 
-def set_limits(limits, uid):
-    """Soft = hard, so the program cannot raise them; one extra CPU second between SIGXCPU and SIGKILL."""
+def set_limits(limits, uid, states=0):
+    """Soft = hard, so the program cannot raise them; one extra CPU second between SIGXCPU and SIGKILL.
+
+    ``states``: the states the worker may keep (``state: fork``). They are processes of the uid, made after a job
+    starts, and a job forked from a state inherits the state's process limit (it cannot be raised): so every job
+    of such a worker gets the same limit, ``max_processes`` plus room for the worker, its states, an inline runner
+    and the two processes a state's fork makes."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if limits["memory_mb"] > 0:
         room = mapped_bytes() + limits["memory_mb"] * 1024 * 1024
@@ -633,7 +674,7 @@ def set_limits(limits, uid):
     if limits["processes"] > 0:
         # RLIMIT_NPROC counts every process of the uid (in its user namespace): with a uid of its own per
         # worker, that is the worker and this job.
-        count = limits["processes"] + processes_of(uid)
+        count = limits["processes"] + (states + 4 if states else processes_of(uid))
         resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
 
 
@@ -669,7 +710,7 @@ def child_main(config, limits, fds, workdir, closing, cmd=None):
         )
         with io.FileIO(0, "r", closefd=False) as raw:
             source = raw.read().decode("utf-8", "replace")
-        set_limits(limits, os.getuid())
+        set_limits(limits, os.getuid(), config.get("states", 0))
         random.seed()
         numpy = sys.modules.get("numpy")
         if numpy is not None:
@@ -683,10 +724,20 @@ def child_main(config, limits, fds, workdir, closing, cmd=None):
     if cmd is None:
         status, error = run(source)
         report(pid, channel, status, error)
+    # state: fork. A kept job becomes a state, and each job forked from it comes back here, so that `run` is called
+    # from this frame for the whole program and for every later step: the depth of the program's frames is the
+    # same as replay's (a recursion limit hits at the same depth).
     kept = {"namespace": {"__name__": "__main__", "__builtins__": builtins}, "line_offset": 0, "from_state": False}
-    status, error = run(source, kept=kept)
-    report(pid, channel, status, error, kept)
-    become_state(cmd, channel, workdir, kept["namespace"], config)
+    while True:
+        status, error = run(source, kept=kept)
+        if status == "fallback":
+            status, error = whole_program_error(source, kept)
+        report(pid, channel, status, error, kept)
+        request, fds, state_cmd, middle = become_state(cmd, channel, workdir, kept["namespace"])
+        kept = {"namespace": kept["namespace"], "line_offset": request["line_offset"], "from_state": True}
+        whole, channel, cmd, workdir = start_step(request, fds, state_cmd, workdir, middle)
+        source, kept["whole"] = whole[request["skip"] :], whole
+        pid = os.getpid()
 
 
 def cannot_start(exc):
@@ -803,8 +854,9 @@ def state_pids():
     return {state.pid for state in STATES.values()}
 
 
-def become_state(cmd_fd, channel, workdir, namespace, config):
-    """After a kept job's ``ok`` verdict: wait, stopped, to fork the job of each child step; never returns."""
+def become_state(cmd_fd, channel, workdir, namespace):
+    """After a kept job's ``ok`` verdict: wait, stopped, to fork the job of each child step. Returns only in such a
+    job: ``(request, fds, the state's command socket, the pid of the process between)``."""
     try:
         if os.path.realpath(os.getcwd()) != os.path.realpath(workdir):
             os._exit(0)  # the program changed directory: its children would not start where replay starts them
@@ -815,6 +867,7 @@ def become_state(cmd_fd, channel, workdir, namespace, config):
         os.close(channel)
         if shares_with_children(cmd_fd):
             os._exit(0)
+        set_oom_score(1000)  # out of memory, a stopped state goes first, not a running job (start_step resets it)
         os.chdir("/")
         cmd = socket.socket(fileno=cmd_fd)
         send_message(cmd, b'{"state": true}')
@@ -835,7 +888,10 @@ def become_state(cmd_fd, channel, workdir, namespace, config):
             second = os.fork()
             if second == 0:
                 random.setstate(generator)
-                step_main(config, json.loads(data), fds, cmd, namespace, workdir, middle)
+                try:
+                    return json.loads(data), fds, cmd, middle
+                except BaseException:
+                    os._exit(70)
             with contextlib.suppress(BaseException):
                 send_message(cmd, json.dumps({"pid": second}).encode())
             os._exit(0)
@@ -843,6 +899,17 @@ def become_state(cmd_fd, channel, workdir, namespace, config):
             os.close(fd)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(first, 0)
+
+
+def set_oom_score(value):
+    """Write this process's ``oom_score_adj``. A non-dumpable process's /proc files belong to root, so it is
+    dumpable for that moment, when no other job runs."""
+    prctl(PR_SET_DUMPABLE, 1)
+    try:
+        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    finally:
+        prctl(PR_SET_DUMPABLE, 0)
 
 
 def shares_with_children(cmd_fd):
@@ -856,12 +923,13 @@ def shares_with_children(cmd_fd):
         return any(len(f) > 1 and f[1][1:2] == "w" and f[1][3:4] == "s" for f in (line.split() for line in maps))
 
 
-def step_main(config, request, fds, state_cmd, namespace, state_workdir, first):
-    """A job forked from a state: only the new step runs, in the state's namespace; never returns."""
+def start_step(request, fds, state_cmd, state_workdir, middle):
+    """Set up a job forked from a state (adopted by the worker, its pipes, a fresh directory, lowered limits);
+    returns ``(its whole program, verdict channel, command socket, directory)``."""
     stdin_fd, stdout_fd, stderr_fd, channel, cmd = fds
     try:
         deadline = time.monotonic() + 2.0
-        while os.getppid() == first and time.monotonic() < deadline:  # until the worker adopted it
+        while os.getppid() == middle and time.monotonic() < deadline:  # until the worker adopted it
             time.sleep(0.0002)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != request["worker"]:
@@ -878,39 +946,40 @@ def step_main(config, request, fds, state_cmd, namespace, state_workdir, first):
                 os.environ[key] = workdir
         if tempfile.tempdir == state_workdir:
             tempfile.tempdir = None
+        set_oom_score(0)  # a job again (see become_state)
         with io.FileIO(0, "r", closefd=False) as raw:
-            source = raw.read().decode("utf-8", "replace")
-        lower_limits(request, os.getuid())
-        pid = os.getpid()
+            whole = raw.read().decode("utf-8", "replace")
+        lower_limits(request)
         send(channel, b"ready\n")
     except BaseException as exc:
         cannot_start(exc)
-    kept = {"namespace": namespace, "line_offset": request["line_offset"], "from_state": True}
-    status, error = run(source[request["skip"] :], kept=kept)
-    if status == "fallback":  # the new lines alone do not compile: the whole program's syntax error, if it has one
-        try:
-            compile(source, FILENAME, "exec", ast.PyCF_ONLY_AST)
-        except (SyntaxError, ValueError) as exc:
-            status, error, kept["whole_error"] = "error", describe(exc), 1
-        except BaseException:
-            pass
-    report(pid, channel, status, error, kept)
-    become_state(cmd, channel, workdir, namespace, config)
+    return whole, channel, cmd, workdir
 
 
-def lower_limits(request, uid):
-    """A job forked from a state gets what its whole program would have left: CPU time, and processes counted now.
-    Limits can only be lowered; one that cannot be is left as the state had it."""
-    wanted = {resource.RLIMIT_CPU: request["cpu_s"], resource.RLIMIT_NPROC: request["processes"] + processes_of(uid)}
-    for kind, value in wanted.items():
-        if value > 0:
-            with contextlib.suppress(ValueError, OSError):
-                _, hard = resource.getrlimit(kind)
-                if hard == resource.RLIM_INFINITY or value < hard:
-                    resource.setrlimit(kind, (value, value + 1 if kind == resource.RLIMIT_CPU else value))
+def whole_program_error(whole, kept):
+    """New lines that do not compile on their own: the whole program's syntax error if it has one (nothing ran,
+    nothing was printed), else ``fallback`` (the whole program runs from scratch)."""
+    try:
+        compile(kept.get("whole", whole), FILENAME, "exec", ast.PyCF_ONLY_AST)
+    except (SyntaxError, ValueError) as exc:
+        kept["whole_error"] = 1
+        return "error", describe(exc)
+    except BaseException:
+        pass
+    return "fallback", ""
 
 
-def start_from_state(message, fds, workdir, cmd_end):
+def lower_limits(request):
+    """A job forked from a state gets what its whole program would have left of its CPU time. (Its process limit
+    is the state's: every job of a worker keeping states has the same one, see `set_limits`.)"""
+    value = request["cpu_s"]
+    with contextlib.suppress(ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if value > 0 and (hard == resource.RLIM_INFINITY or value < hard):
+            resource.setrlimit(resource.RLIMIT_CPU, (value, value + 1))
+
+
+def start_from_state(message, fds, workdir, cmd_end, scratch):
     """Hand a job to the state it forks from; the job's pid, or None when the state is gone or misbehaved (the
     state is then killed, and the job's program runs from scratch)."""
     state_id = message["from"]
@@ -942,7 +1011,10 @@ def start_from_state(message, fds, workdir, cmd_end):
             time.sleep(0.0002)
         return pid
     except BaseException:
+        # The job may have been forked already and be running: nothing it or the state started may outlive this.
         drop_state(state_id)
+        kill_below()
+        wipe_scratch(scratch, os.getuid())
         return None
 
 
@@ -1043,6 +1115,12 @@ def kill_everything(job_pid):
     states, until none is left."""
     with contextlib.suppress(OSError):
         os.killpg(job_pid, signal.SIGKILL)
+    kill_below()
+
+
+def kill_below():
+    """SIGKILL every descendant but the inline runner waiting for its batch and the kept states, until none is
+    left."""
     for _ in range(200):
         reap_all()
         if not has_children():  # as a subreaper, anything left below would have a live or unreaped child here
@@ -1259,7 +1337,7 @@ def main():
         if (message.get("keep") or "from" in message) and cap:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if "from" in message:
-            pid = start_from_state(message, fds, workdir, theirs.fileno()) if theirs is not None else None
+            pid = start_from_state(message, fds, workdir, theirs.fileno(), scratch) if theirs is not None else None
             if pid is None:
                 for fd in fds[:4]:
                     os.close(fd)

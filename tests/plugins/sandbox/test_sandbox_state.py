@@ -194,13 +194,32 @@ def test_a_woken_or_signalled_state_is_dropped_and_its_children_run_from_scratch
     assert verifier.states.counts["lost"] == 1 and verifier.states.counts.get("from_state", 0) == 0
 
 
-def test_a_state_that_made_itself_dumpable_is_not_kept():
-    """A dumpable process's memory is open to every process of its uid: such a state is never kept."""
+def test_a_state_that_made_itself_dumpable_has_its_memory_closed_again():
+    """A dumpable process's memory is open to every process of its uid. A program that made itself dumpable is made
+    non-dumpable again before it stops as a state: another job cannot open its memory."""
     parent = "import ctypes\nctypes.CDLL(None).prctl(4, 1, 0, 0, 0)\ny = 2"
-    options = {"state": "fork", "inline": False, "max_workers": 1}
-    verdicts, counts = run_all(options, [parent, parent + "\nprint(y)"], batch=1)
-    assert verdicts[1].output == "2\n"
-    assert counts.get("from_state", 0) == 0
+    peek = (
+        "import os\nopened = 0\n"
+        "for p in os.listdir('/proc'):\n"
+        "    try:\n"
+        "        if p.isdigit() and 'State:\\tT' in open(f'/proc/{p}/status').read():\n"
+        "            os.close(os.open(f'/proc/{p}/mem', os.O_RDONLY))\n"
+        "            opened += 1\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('opened', opened)"
+    )
+    verifier = SubprocessVerifier(SubprocessOptions(state="fork", inline=False, max_workers=1))
+
+    async def go() -> list[Verdict]:
+        return [(await verifier.run([CodeJob(p)]))[0] for p in (parent, peek, parent + "\nprint(y)")]
+
+    try:
+        verdicts = asyncio.run(go())
+    finally:
+        verifier.close()
+    assert verdicts[1].output == "opened 0\n"
+    assert verdicts[2].output == "2\n" and verifier.states.counts["from_state"] == 1
 
 
 def test_states_are_bounded_per_worker():
