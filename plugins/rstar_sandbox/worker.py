@@ -1355,6 +1355,8 @@ def main():
                 closing = [control.fileno(), wake_r, wake_w, *(c.cmd.fileno() for c in STATES.values())]
                 if ours is not None:
                     closing.append(ours.fileno())
+                if spare is not None and spare.channel.fileno() >= 0:  # the next inline batch's runner: not the job's
+                    closing.append(spare.channel.fileno())
                 child_main(config, message, list(fds), workdir, closing, theirs.fileno() if theirs else None)
         if theirs is not None:
             theirs.close()

@@ -136,6 +136,14 @@ def test_fork_gives_replays_verdicts_on_hand_written_trees():
     assert counts["from_state"] >= 20, counts  # most children forked their parent's state
 
 
+def test_with_inline_batches_on_programs_that_import_fork_their_parents_state():
+    """The default verifier (inline batches on): closed programs run inline, the others keep and fork states; a
+    worker's runner for the next inline batch is no descriptor of the job's (a state holding one would not be kept)."""
+    programs = chains(["import sympy as sp\nx = sp.Symbol('x')", "e = sp.expand((x + 1)**2)", "print(e)", "e"])
+    counts = assert_same([*programs, "a = 1", "a = 1\nprint(a + 1)"], {"inline": True}, batch=1)
+    assert counts["from_state"] == 3, counts
+
+
 def test_fork_gives_replays_verdicts_on_the_inline_corpora():
     """Each program of the inline tests as a child of a step, and as a parent of one."""
     programs = []
