@@ -422,13 +422,20 @@ def _terminated(signum: int, frame: Any) -> None:
     """SIGTERM (``kill``, a batch scheduler's time limit) ends the command as Ctrl-C does: it is sent on as SIGINT,
     to whichever handler is in place (asyncio's cancels the searches; Python's raises KeyboardInterrupt), so the
     finally blocks run, engines are shut down (a vLLM engine process left behind would go on using the CPU) and
-    what was finished is kept."""
+    what was finished is kept. (`main` gives SIGINT Python's handler back where it was ignored; were it still
+    ignored, the SIGTERM would be lost with it, so KeyboardInterrupt is raised here instead.)"""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``rstar`` command."""
     signal.signal(signal.SIGTERM, _terminated)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a shell without job control (a script's `&`, CI), which ignores SIGINT for
+        # it: Ctrl-C and the SIGTERM sent on as SIGINT must still stop it cleanly (asyncio then cancels the search).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="rstar", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns a Ctrl-C (and so a SIGTERM) into Abort

@@ -131,9 +131,11 @@ def test_the_summary_shows_the_prefix_cache_hit_rate_when_an_engine_reports_it()
     assert "prefix cache" in text and "94%" in text
 
 
-def test_sigterm_ends_a_search_like_ctrl_c_keeping_its_trees(tmp_path, adder_jsonl):
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "sigint-ignored"])
+def test_sigterm_ends_a_search_like_ctrl_c_keeping_its_trees(tmp_path, adder_jsonl, background):
     """`kill` (or a scheduler's time limit) runs the clean-up a Ctrl-C runs: components closed, finished trees kept,
-    one message; the same command then resumes."""
+    one message; the same command then resumes. Also when started in the background by a shell without job control
+    (a script's ``&``, CI), which starts it with SIGINT ignored: the SIGTERM must not be lost with it."""
     import os
     import signal
     import time
@@ -156,7 +158,10 @@ def test_sigterm_ends_a_search_like_ctrl_c_keeping_its_trees(tmp_path, adder_jso
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([RSTAR, "search", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
+    proc = subprocess.Popen(
+        [RSTAR, "search", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=ignore
+    )
     trees = tmp_path / "run" / "search" / "trees.jsonl"
     deadline = time.monotonic() + 60
     while not (trees.exists() and trees.read_text().count("\n") >= 1) and time.monotonic() < deadline:
