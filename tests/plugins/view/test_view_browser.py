@@ -94,8 +94,8 @@ def serve(folder: Path) -> Iterator[str]:
         assert " at http://127.0.0.1:" in line, line + (proc.stderr.read() if proc.poll() is not None else "")
         yield line.split(" at ", 1)[1].split()[0]
     finally:
-        proc.terminate()  # SIGTERM ends it as Ctrl-C does; under a loaded CI machine that took over 10 s once
-        proc.wait(timeout=60)
+        proc.terminate()  # SIGTERM ends it as Ctrl-C does, also where it started with SIGINT ignored (CI)
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
