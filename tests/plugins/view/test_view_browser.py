@@ -95,7 +95,12 @@ def serve(folder: Path) -> Iterator[str]:
         yield line.split(" at ", 1)[1].split()[0]
     finally:
         proc.terminate()  # SIGTERM ends it as Ctrl-C does, also where it started with SIGINT ignored (CI)
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # the test fails, but leaves no server behind
+            proc.wait()
+            raise
 
 
 @pytest.fixture(scope="module")
