@@ -140,21 +140,19 @@ def test_sigterm_ends_a_search_like_ctrl_c_keeping_its_trees(tmp_path, adder_jso
     import signal
     import time
 
-    from helpers import RSTAR
+    from helpers import RSTAR, adder_recipe
 
     (tmp_path / "slow_world.py").write_text(
         "import time\nfrom rstar.testing.worlds import adder\n\n"
         "def slow(prompt, n, seed=None):\n    time.sleep(0.2)\n    return adder(prompt, n, seed)\n"
     )
-    data = {
-        "output_dir": str(tmp_path / "run"),
-        "max_in_flight": 1,
-        "dataset": {"name": "jsonl", "path": str(adder_jsonl)},
-        "policy": {"name": "scripted", "fn": "slow_world:slow"},
-        "verifier": {"name": "subprocess"},
-        "search": {"name": "best_of_n"},
-        "budget": {"samples": 2},
-    }
+    data = adder_recipe(
+        tmp_path,
+        adder_jsonl,
+        max_in_flight=1,
+        policy={"name": "scripted", "fn": "slow_world:slow"},
+        budget={"samples": 2},
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
