@@ -26,27 +26,20 @@ import socket
 import tempfile
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rstar.errors import RstarError
-from rstar.options import Options
 from rstar_sandbox.isolation import SANDBOX_SCRATCH, child_env, private_uid
 from rstar_sandbox.pool import DEFAULT_PRELOAD, START_TIMEOUT_S, WORKER_SOURCE_PATH, Worker, WorkerPool, hello
 from rstar_sandbox.states import StateCache
-from rstar_sandbox.subprocess_verifier import (
-    STATE_DESCRIPTION,
-    STATES_DESCRIPTION,
-    StateMode,
-    SubprocessVerifier,
-    check_states,
-)
+from rstar_sandbox.subprocess_verifier import StateOptions, SubprocessVerifier
 
 DEFAULT_IMAGE = "rstar-sandbox:latest"
 LABEL = "rstar.sandbox"
 """Every container this verifier starts carries this label (tests and clean-ups find them by it)."""
 
 
-class DockerOptions(Options):
+class DockerOptions(StateOptions):
     """Options of the ``docker`` verifier. The job limits are defaults for the jobs it builds."""
 
     timeout_s: float = Field(10.0, gt=0, description="default wall-clock limit of a job, in seconds")
@@ -77,14 +70,6 @@ class DockerOptions(Options):
         "cmath, Fraction) in one process per batch instead of one per program: same verdicts, ~100x faster on "
         "short arithmetic",
     )
-    state: StateMode = Field("replay", description=STATE_DESCRIPTION)
-    states: int = Field(32, ge=1, description=STATES_DESCRIPTION)
-
-    @model_validator(mode="after")
-    def _states_fit(self) -> DockerOptions:
-        if self.state == "fork":
-            check_states(self.states, self.max_processes)
-        return self
 
 
 def docker_client() -> Any:

@@ -88,7 +88,20 @@ def check_states(states: int, max_processes: int) -> None:
         raise ValueError(f"states ({states}) must be at most max_processes - 9 ({max_processes - 9})")
 
 
-class SubprocessOptions(Options):
+class StateOptions(Options):
+    """The ``state`` options both verifiers share (`rstar_sandbox.states`)."""
+
+    state: StateMode = Field("replay", description=STATE_DESCRIPTION)
+    states: int = Field(32, ge=1, description=STATES_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _states_fit(self) -> StateOptions:
+        if self.state == "fork":
+            check_states(self.states, getattr(self, "max_processes", 64))
+        return self
+
+
+class SubprocessOptions(StateOptions):
     """Options of the ``subprocess`` verifier. The limits are defaults for the jobs it builds."""
 
     timeout_s: float = Field(10.0, gt=0, description="default wall-clock limit of a job, in seconds")
@@ -123,14 +136,6 @@ class SubprocessOptions(Options):
         "cmath, Fraction) in one process per batch instead of one per program: same verdicts, ~100x faster on "
         "short arithmetic",
     )
-    state: StateMode = Field("replay", description=STATE_DESCRIPTION)
-    states: int = Field(32, ge=1, description=STATES_DESCRIPTION)
-
-    @model_validator(mode="after")
-    def _states_fit(self) -> SubprocessOptions:
-        if self.state == "fork":
-            check_states(self.states, self.max_processes)
-        return self
 
 
 class SubprocessVerifier(WorkerPool):
@@ -184,12 +189,18 @@ class SubprocessVerifier(WorkerPool):
             verdicts[i] = result
         return verdicts  # type: ignore[return-value]
 
-    async def _run_one(self, job: CodeJob) -> Verdict:
-        """Run one job (its limits already filled in by `run`) as a forked child."""
+    async def _run_one(self, job: CodeJob, keep: bool = False) -> Verdict:
+        """Run one job (its limits already filled in by `run`) as a forked child; ``keep``: from scratch under
+        ``state: fork``, its state kept if it runs ok."""
         async with self.semaphore():
             worker = await self.acquire()
             try:
-                return await self._forked(worker, job)
+                if not keep:
+                    return await self._forked(worker, job)
+                state = StateJob(whole=job, keep="__future__" not in job.program)
+                verdict = await self._forked(worker, job, state)
+                self._keep(worker, job.program, state, verdict, 0.0)
+                return verdict
             finally:
                 self.release(worker)
 
@@ -217,15 +228,7 @@ class SubprocessVerifier(WorkerPool):
             if verdict is not None:
                 return verdict
         self.states.counts["from_scratch"] += 1
-        async with self.semaphore():
-            worker = await self.acquire()
-            try:
-                state = StateJob(whole=job, keep="__future__" not in job.program)
-                verdict = await self._forked(worker, job, state)
-                self._keep(worker, job.program, state, verdict, 0.0)
-                return verdict
-            finally:
-                self.release(worker)
+        return await self._run_one(job, keep=True)
 
     async def _run_from_state(self, job: CodeJob, parent: str, kept: Kept) -> Verdict | None:
         """The job's new lines in a fork of ``kept``; None when that cannot be done exactly (run from scratch)."""
