@@ -267,7 +267,8 @@ class SubprocessVerifier(WorkerPool):
         if verdict.status != "ok":  # the worker keeps only states whose program reported ok; never trust the rest
             worker.drop_states([state.state_id])
             return
-        kept = Kept(worker, state.state_id, state.output, state.display, elapsed_s + verdict.duration_s)
+        display = min(state.display, len(state.output))  # what the job reported: never more than it printed
+        kept = Kept(worker, state.state_id, state.output, display, elapsed_s + verdict.duration_s)
         drop = self.states.add(program, kept)
         if drop:
             worker.drop_states(drop)

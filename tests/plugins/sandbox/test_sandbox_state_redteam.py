@@ -272,3 +272,44 @@ def test_a_job_passing_file_descriptors_on_its_command_socket_gets_its_own_verdi
     ((verdict,), (after,)), _ = sequence({"state": "fork"}, [[program], ["z = 1\nprint(z)"]])
     assert verdict.status in ("ok", "killed"), verdict
     assert seen(after) == ("ok", "1\n", "")
+
+
+# --- 6. a program that reaches the worker's own frames -----------------------------------------------------
+
+FORGE_COUNTS = (
+    "import sys\n"
+    "f = sys._getframe()\n"
+    "while f is not None:\n"
+    "    kept = f.f_locals.get('kept')\n"
+    "    if isinstance(kept, dict):\n"
+    "        kept['display'] = 10 ** 9\n"
+    "        kept['statements'] = 0\n"
+    "    f = f.f_back\n"
+    "v = 1"
+)
+CLOSE_COMMAND_SOCKET = (
+    "import os, sys\n"
+    "f = sys._getframe()\n"
+    "while f is not None:\n"
+    "    if isinstance(f.f_locals.get('cmd'), int):\n"
+    "        os.close(f.f_locals['cmd'])\n"
+    "    f = f.f_back\n"
+    "v = 2"
+)
+
+
+def test_counts_forged_through_the_workers_frames_mislead_only_the_programs_own_children():
+    """A step can walk up to the worker's frame in its own process and forge what its state reports (the length of
+    its trailing value's text, its statement count). That changes only its own children's output; rstar clamps
+    the count to what was printed, and another program on the same worker gets its own verdict."""
+    (_, (child,), (other,)), _ = sequence(
+        {"state": "fork"}, [[FORGE_COUNTS], [FORGE_COUNTS + "\nprint(v)"], ["w = 3\nprint(w)"]]
+    )
+    assert child.status == "ok" and "1\n" in child.output
+    assert seen(other) == ("ok", "3\n", "")
+
+
+def test_a_step_that_closes_its_command_socket_keeps_no_state_and_its_child_replays():
+    (_, (child,)), counts = sequence({"state": "fork"}, [[CLOSE_COMMAND_SOCKET], [CLOSE_COMMAND_SOCKET + "\nprint(v)"]])
+    assert seen(child) == ("ok", "2\n", "")
+    assert counts.get("from_state", 0) == 0
